@@ -45,7 +45,7 @@ def model_fingerprint(model: nn.Module) -> str:
     h = hashlib.sha1()
     for k, v in model.state_dict().items():
         h.update(k.encode())
-        t = v.detach().cpu().contiguous()
+        t = v.detach().cpu().contiguous().reshape(-1)
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 

@@ -112,6 +112,15 @@ def retrieval_metrics(
             raise ValueError(f"ignore has shape {ignore.shape}, dist has {dist.shape}")
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    if np.isnan(dist).any():
+        # argsort would silently rank NaN last; a NaN distance means broken features upstream.
+        raise ValueError("dist contains NaN")
+
+    # Compare small ints instead of the caller's labels (often strings): the per-chunk gather
+    # and equality test over (chunk, n_gallery) elements are then cheap whatever the label type.
+    _, codes = np.unique(np.concatenate([query_labels, gallery_labels]), return_inverse=True)
+    q_codes = codes[:n_query].astype(np.int32)
+    g_codes = codes[n_query:].astype(np.int32)
 
     ap = np.full(n_query, np.nan)
     inp = np.full(n_query, np.nan)
@@ -126,7 +135,7 @@ def retrieval_metrics(
             # then recomputed over kept items below, which also covers real +inf distances.
             d = np.where(ignore[start:stop], np.inf, d)
         order = np.argsort(d, axis=1, kind="stable")
-        matches = gallery_labels[order] == query_labels[start:stop, None]
+        matches = g_codes[order] == q_codes[start:stop, None]
         if ignore is not None:
             dropped = np.take_along_axis(ignore[start:stop], order, axis=1)
             matches &= ~dropped

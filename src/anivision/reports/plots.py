@@ -235,8 +235,7 @@ def plot_heatmap(
     span = float(np.max(np.abs(finite - center))) if finite.size else 1.0
     span = span if span > 0 else 1.0
     norm = TwoSlopeNorm(vcenter=center, vmin=center - span, vmax=center + span)
-    cmap = plt.get_cmap("RdBu").copy()
-    cmap.set_bad("white")
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="white")
 
     fig, ax = plt.subplots(
         figsize=(float(np.clip(1.0 * n_cols + 3.0, 5.0, 24.0)),

@@ -210,7 +210,10 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         trained = model
         optimizer = make_optimizer(cfg, model.head, model.backbone)
 
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    # A last batch of one image breaks BatchNorm in train mode; drop the remainder instead
+    # (the shuffle differs every epoch, so every image is still seen).
+    drop_last = len(train_set) > cfg.batch_size
+    steps_per_epoch = len(train_set) // cfg.batch_size if drop_last else 1
     plateau_scale = [1.0]
     lr_at = _lr_function(cfg, steps_per_epoch, plateau_scale)
     ckpt_dir = run_dir / "checkpoint"
@@ -234,7 +237,7 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         # Reseed from (seed, epoch): an epoch's shuffling, augmentation and dropout do not depend
         # on whether the run was resumed, so a resumed run ends exactly where an uninterrupted one does.
         gen = _seed_everything(cfg.seed * 1000 + epoch)
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen, num_workers=cfg.workers, drop_last=False, persistent_workers=False)
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen, num_workers=cfg.workers, drop_last=drop_last, persistent_workers=False)
         if not use_features:
             strategy.apply(model, epoch)
         set_train_mode(trained)

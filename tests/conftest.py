@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny generated image datasets (no downloaded data, CPU, seconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# A tiny timm backbone for tests (tens of thousands of parameters, any input size >= 16 px).
+TINY_CNN = "test_efficientnet"
+TINY_VIT = "test_vit"
+
+
+def make_class_folders(root: Path, n_classes: int = 3, n_per_class: int = 12, size: int = 40, seed: int = 0) -> Path:
+    """Write ``root/class<i>/<j>.png``: each class a distinct colour with noise, so it is learnable."""
+    rng = np.random.default_rng(seed)
+    palette = [(220, 40, 40), (40, 200, 60), (50, 70, 230), (230, 200, 40), (200, 60, 200), (40, 200, 200)]
+    for c in range(n_classes):
+        d = root / f"class{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        base = np.array(palette[c % len(palette)], dtype=np.int16)
+        for j in range(n_per_class):
+            noise = rng.integers(-60, 60, size=(size, size, 3), dtype=np.int16)
+            arr = np.clip(base + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(d / f"img{j:03d}.png")
+    return root
+
+
+@pytest.fixture()
+def tiny_data(tmp_path: Path) -> Path:
+    """3 classes x 12 images of 40 px."""
+    return make_class_folders(tmp_path / "data")
+
+
+@pytest.fixture()
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
