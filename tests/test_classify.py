@@ -145,3 +145,19 @@ def test_bad_input_gives_one_line_and_exit_2(args, words, tiny_data, tmp_path, c
 def test_cli_subprocess_no_traceback(tmp_path):
     r = _run_cli(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
     assert r.returncode == 2 and "Traceback" not in r.stderr and "missing" in r.stderr
+
+
+def test_two_process_ddp_on_cpu(tiny_data, cache_dir, tmp_path):
+    """torchrun + gloo: two CPU processes train one model; rank 0 writes the run."""
+    out = tmp_path / "ddp"
+    args = _train_args(tiny_data, out, cache_dir, "--epochs", "2", "--batch-size", "4")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", "-m", "anivision.cli", *args],
+        capture_output=True, text=True, env=env,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["epochs_run"] == 2
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["world_size"] == 2

@@ -130,7 +130,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = build_train_config(args)
     m = train_classifier(cfg, progress=not args.quiet)
-    _print_summary(m, Path(cfg.out))
+    if m:  # under torchrun, only rank 0 returns the metrics
+        _print_summary(m, Path(cfg.out))
     return 0
 
 
@@ -209,7 +210,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             setattr(cfg, k, v)
     print(f"training {cfg.backbone} ({cfg.weights}, offline ImageNet weights) with strategy {cfg.strategy} on 6 synthetic emotions ...")
     m = train_classifier(cfg, progress=not args.quiet)
-    _print_summary(m, Path(cfg.out))
+    if m:  # under torchrun, only rank 0 returns the metrics
+        _print_summary(m, Path(cfg.out))
     return 0
 
 

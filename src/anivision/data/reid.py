@@ -150,10 +150,11 @@ def scan_reid_tree(root: str | Path, strict: bool = True) -> ReidImages:
         rel = p.relative_to(root)
         if any(part.startswith(".") for part in rel.parts) or not p.is_file():
             continue
-        if not is_image_file(p):
-            ignored.append(str(p))
-            continue
         depth = len(rel.parts)
+        if not is_image_file(p):
+            if depth > 1:  # metadata beside the works (synth.json, a README) is not data
+                ignored.append(str(p))
+            continue
         if depth >= 3:
             work, role = rel.parts[0], rel.parts[1]
         elif not strict:
@@ -166,6 +167,11 @@ def scan_reid_tree(root: str | Path, strict: bool = True) -> ReidImages:
         roles.append(role)
     if not paths:
         raise AnivisionError(f"{root}: no images found in role folders (expected {root}/<work>/<role>/<image>)")
+    if strict and all(len(Path(p).relative_to(root).parts) >= 4 for p in paths):
+        log.warning(
+            "%s: every image is 3+ folders deep; if the first level is a split (train/test), point --data at a "
+            "folder of works or list the images in a path,work,role CSV", root,
+        )
     if ignored:
         log.warning("%s: ignoring %d file(s) that are not images in a <work>/<role>/ folder, e.g. %s", root, len(ignored), ignored[0])
     return ReidImages(paths, works, roles, ignored)

@@ -72,6 +72,12 @@ class EpisodeSampler:
         ids = np.unique(labels_arr[labels_arr >= 0])
         # Items of each class, kept as index arrays: sampling reads them every episode.
         pools = {int(c): np.flatnonzero(labels_arr == c) for c in ids}
+        if len(pools) < self.n_way:
+            listed = ", ".join(name_of(int(c)) for c in ids) or "none"
+            raise AnivisionError(
+                f"{self.n_way}-way episodes need {self.n_way} classes; there are only {len(pools)} ({listed}); "
+                "lower --n-way or use more classes"
+            )
         small = {c: len(p) for c, p in pools.items() if len(p) < need}
         #: Classes left out because they are too small: name -> number of items.
         self.excluded: dict[str, int] = {name_of(c): n for c, n in small.items()}

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from anivision.config import TrainConfig
 from anivision.data.cache import DecodedImages, decode_images, default_cache_dir
@@ -31,6 +32,7 @@ from anivision.data.images import is_image_file
 from anivision.data.splits import parse_ratios, read_split, split_indices, stratified_split, write_split
 from anivision.data.transforms import cache_size, eval_transform, train_transform
 from anivision.embeddings import embed_paths, pick_device
+from anivision.engine.distributed import barrier, device_for, init_distributed
 from anivision.engine.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, load_weights, save_checkpoint, save_weights
 from anivision.engine.loop import evaluate_loss_acc, predict_logits, softmax_np, train_one_epoch, warmup_cosine
 from anivision.errors import AnivisionError
@@ -158,23 +160,31 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             different run.
     """
     run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    dinfo = init_distributed()
+    if dinfo.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / "config.json"
-    if cfg_path.exists():
+    if dinfo.is_main and cfg_path.exists():
         old = json.loads(cfg_path.read_text())
         new = json.loads(json.dumps(cfg.to_dict()))
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in ("device", "workers", "cache_dir"))
         if diff:
             raise AnivisionError(f"{run_dir}: holds a run with a different config ({', '.join(diff)}); choose a new --out")
-        if (run_dir / "metrics.json").exists():
-            log.info("%s: run already finished; reusing its metrics", run_dir)
-            return json.loads((run_dir / "metrics.json").read_text())
-    cfg.save(cfg_path)
+    if cfg_path.exists() and (run_dir / "metrics.json").exists():
+        log.info("%s: run already finished; reusing its metrics", run_dir)
+        return json.loads((run_dir / "metrics.json").read_text())
+    if dinfo.is_main:
+        cfg.save(cfg_path)
 
-    device = pick_device(cfg.device)
+    device = device_for(dinfo, cfg.device)
     _seed_everything(cfg.seed)
-    # Classes and split come first: the head's size depends on them.
-    images = prepare_split(cfg, run_dir)
+    # Classes and split come first: the head's size depends on them. Under torchrun, rank 0
+    # makes the split and fills the decoded-image cache; the others then read both.
+    if dinfo.is_main:
+        images = prepare_split(cfg, run_dir)
+    barrier(dinfo)
+    if not dinfo.is_main:
+        images = prepare_split(cfg, run_dir)
     n_classes = len(images.classes)
     if n_classes < 2:
         raise AnivisionError(f"{cfg.data}: a classifier needs at least 2 classes, found {n_classes}")
@@ -183,11 +193,19 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    data = _load_data(cfg, run_dir, dcfg, images, progress)
+    if dinfo.is_main:
+        data = _load_data(cfg, run_dir, dcfg, images, progress)
+    barrier(dinfo)
+    if not dinfo.is_main:
+        data = _load_data(cfg, run_dir, dcfg, images, False)
+        progress = False
     strategy = Strategy(cfg.strategy, backbone_groups(model.backbone), cfg.partial_groups, cfg.unfreeze_every, cfg.progressive_groups)
     total_params, _ = count_parameters(model)
     trainable_frac = strategy.max_trainable_fraction(model, cfg.epochs)
     use_features = cfg.strategy == "linear_probe" and cfg.feature_cache
+    if use_features and dinfo.enabled and not dinfo.is_main:
+        # A head on cached features trains in seconds: rank 0 does it alone.
+        return {}
     has_val = len(data.parts["val"]) > 0
     monitor = cfg.monitor if has_val else "none"
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -212,8 +230,10 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     # A last batch of one image breaks BatchNorm in train mode; drop the remainder instead
     # (the shuffle differs every epoch, so every image is still seen).
-    drop_last = len(train_set) > cfg.batch_size
-    steps_per_epoch = len(train_set) // cfg.batch_size if drop_last else 1
+    distributed = dinfo.enabled and not use_features
+    world = dinfo.world_size if distributed else 1
+    drop_last = len(train_set) > cfg.batch_size * world
+    steps_per_epoch = len(train_set) // (cfg.batch_size * world) if drop_last else 1
     plateau_scale = [1.0]
     lr_at = _lr_function(cfg, steps_per_epoch, plateau_scale)
     ckpt_dir = run_dir / "checkpoint"
@@ -229,7 +249,8 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         log.info("resuming %s at epoch %d", run_dir, start_epoch + 1)
     stopped = bool(state.get("stopped", False))
     # metrics.jsonl mirrors the checkpoint's history: lines from an epoch that did not finish are dropped.
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    if dinfo.is_main:
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
     for epoch in range(start_epoch, cfg.epochs):
         if stopped:
@@ -237,12 +258,20 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         # Reseed from (seed, epoch): an epoch's shuffling, augmentation and dropout do not depend
         # on whether the run was resumed, so a resumed run ends exactly where an uninterrupted one does.
         gen = _seed_everything(cfg.seed * 1000 + epoch)
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen, num_workers=cfg.workers, drop_last=drop_last, persistent_workers=False)
+        if distributed:
+            sampler = DistributedSampler(train_set, num_replicas=world, rank=dinfo.rank, shuffle=True, seed=cfg.seed, drop_last=drop_last)
+            sampler.set_epoch(epoch)
+            loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=drop_last)
+        else:
+            loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen, num_workers=cfg.workers, drop_last=drop_last, persistent_workers=False)
         if not use_features:
             strategy.apply(model, epoch)
         set_train_mode(trained)
+        # DDP registers gradient hooks for the parameters that train when it is built, so it is
+        # rebuilt each epoch: progressive unfreezing changes that set.
+        step_model = DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None) if distributed else trained
         stats = train_one_epoch(
-            trained, loader, optimizer, loss_fn, device,
+            step_model, loader, optimizer, loss_fn, device,
             lr_at_step=lr_at, start_step=epoch * steps_per_epoch, grad_clip=cfg.grad_clip,
             channels_last=cfg.channels_last, desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress,
         )
@@ -262,7 +291,8 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         value = row.get(monitor, float("nan")) if monitor != "none" else float(epoch)
         if monitor == "none" or _improved(monitor, value, best):
             best, best_epoch, bad_epochs = value, epoch, 0
-            save_weights(trained, run_dir / ("head.safetensors" if use_features else "model.safetensors"))
+            if dinfo.is_main:
+                save_weights(trained, run_dir / ("head.safetensors" if use_features else "model.safetensors"))
         else:
             bad_epochs += 1
         if cfg.schedule == "plateau" and has_val:
@@ -275,23 +305,29 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                     plateau_scale[0] *= cfg.plateau_factor
                     plateau["bad"] = 0
         history.append(row)
-        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
         stopped = monitor != "none" and bad_epochs >= cfg.patience
-        save_checkpoint(
-            ckpt_dir, trained, optimizer,
-            {"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-             "plateau": plateau, "plateau_scale": plateau_scale[0], "history": history, "stopped": stopped},
-        )
+        if dinfo.is_main:
+            with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+            save_checkpoint(
+                ckpt_dir, trained, optimizer,
+                {"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                 "plateau": plateau, "plateau_scale": plateau_scale[0], "history": history, "stopped": stopped,
+                 "world_size": world},
+            )
+        barrier(dinfo)
         msg = f"epoch {epoch + 1}/{cfg.epochs}: train loss {stats.loss:.4f} acc {stats.accuracy:.4f}"
         if has_val:
             msg += f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
         msg += f" | {stats.seconds:.1f}s, {stats.images_per_second:.0f} img/s"
-        log.info(msg)
-        if stopped:
+        if dinfo.is_main:
+            log.info(msg)
+        if stopped and dinfo.is_main:
             log.info("early stop: no %s improvement for %d epoch(s)", monitor, cfg.patience)
 
-    # The best weights, then the test split, once.
+    # The best weights, then the test split, once (by rank 0 alone under torchrun).
+    if not dinfo.is_main:
+        return {}
     if use_features:
         load_weights(model.head, run_dir / "head.safetensors")
         save_weights(model, run_dir / "model.safetensors")
@@ -330,6 +366,7 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             "seed": cfg.seed,
             "feature_cache": use_features,
             "device": str(device),
+            "world_size": world,
             **speed,
         }
     )

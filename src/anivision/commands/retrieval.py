@@ -1,0 +1,269 @@
+"""``anivision retrieval {train,evaluate,search}``: anime style retrieval on ``work/role`` data.
+
+Flags become a :class:`~anivision.tasks.retrieval.RetrievalConfig` here; everything else is in
+:mod:`anivision.tasks.retrieval`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from anivision.errors import AnivisionError
+
+
+def _default_weights(backbone: str, weights: str | None) -> str:
+    """``--weights`` default: the offline ImageNet weights for the default backbone, ``imagenet`` otherwise."""
+    from anivision.models.backbone import LITE0_ARCH, LITE0_WEIGHTS
+
+    if weights:
+        return weights
+    return LITE0_WEIGHTS if backbone.split(".")[0] == LITE0_ARCH else "imagenet"
+
+
+def _cache_dir(args: argparse.Namespace) -> Path:
+    from anivision.data.cache import default_cache_dir
+
+    return Path(args.cache_dir) if getattr(args, "cache_dir", None) else default_cache_dir()
+
+
+def _command_line() -> str | None:
+    """The command as typed, for the report (None when not run from the console script)."""
+    if Path(sys.argv[0]).name != "anivision":
+        return None
+    return " ".join(shlex.quote(a) for a in ["anivision", *sys.argv[1:]])
+
+
+def _load_data(path: str | None, what: str = "--data") -> Any:
+    from anivision.data.reid import load_reid, summarize
+
+    if not path:
+        raise AnivisionError(f"{what} ROOT is needed (ROOT/<work>/<role>/<image>, or a path,work,role CSV)")
+    data = load_reid(path)
+    print(summarize(data, max_works=20), file=sys.stderr)
+    return data
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    m, s = summary["mean"], summary["std"]
+    for r in summary["folds"]:
+        print(f"fold {r['fold']}: mINP {100 * r['mINP']:.2f}  mAP {100 * r['mAP']:.2f}  rank-1 {100 * r['rank1']:.2f}  "
+              f"rank-5 {100 * r['rank5']:.2f}  ({r['n_query']} queries, {r['n_gallery']} gallery)")
+    print("mean ± std over {} fold(s): ".format(summary["n_folds"])
+          + "  ".join(f"{k} {100 * m[k]:.2f} ± {100 * s[k]:.2f}" for k in ("mINP", "mAP", "rank1", "rank5", "rank10")))
+    if summary["excluded_works"]:
+        print(f"{len(summary['excluded_works'])} single-role test work(s) excluded: {', '.join(summary['excluded_works'][:10])}")
+    print(f"report: {out / 'report.md'}")
+
+
+# ------------------------------------------------------------------------------ handlers
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (and evaluate) every fold, or one with ``--fold``; rerun to resume."""
+    from anivision.tasks.retrieval import RetrievalConfig, train_run
+
+    cfg = RetrievalConfig(
+        backbone=args.backbone,
+        weights=_default_weights(args.backbone, args.weights),
+        preset=args.preset,
+        img_size=args.img_size,
+        epochs=args.epochs,
+        p=args.p,
+        k=args.k,
+        batches_per_epoch=args.batches_per_epoch,
+        lr=args.lr,
+        pool=args.pool,
+        folds=args.folds,
+        query_ratio=args.query_ratio,
+        seed=args.seed,
+        metric=args.metric,
+        amp=not args.no_amp,
+        num_workers=args.workers,
+    )
+    cfg.validate()
+    data = _load_data(args.data)
+    summary = train_run(
+        data, cfg, args.out, data_source=args.data, only_fold=args.fold, cache_dir=_cache_dir(args),
+        device=args.device, progress=not getattr(args, "quiet", False), command=_command_line(),
+    )
+    _print_summary(summary, Path(args.out))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """A trained run on its folds, or (``--backbone``) the untrained baseline on the same folds."""
+    from anivision.tasks.retrieval import evaluate_baseline, evaluate_run, load_run_config
+
+    progress = not getattr(args, "quiet", False)
+    run = Path(args.run_dir) if args.run_dir else None
+    run_cfg = load_run_config(run) if run else None
+    data_path = args.data
+    if data_path is None and run is not None and (run / "data.json").exists():
+        data_path = json.loads((run / "data.json").read_text())["source"] or None
+    if args.backbone:
+        # Untrained baseline; with a run folder, on exactly that run's folds.
+        folds = run_cfg.folds if run_cfg else (args.folds or 5)
+        if run_cfg and args.folds and args.folds != run_cfg.folds:
+            raise AnivisionError(f"--folds {args.folds} differs from the run's {run_cfg.folds}; drop one of them")
+        out = Path(args.out) if args.out else (run / "baseline" if run else Path(f"retrieval-baseline-{args.backbone}"))
+        data = _load_data(data_path)
+        summary = evaluate_baseline(
+            data,
+            args.backbone,
+            _default_weights(args.backbone, args.weights),
+            out,
+            img_size=args.img_size or (run_cfg.img_size if run_cfg else 128),
+            folds=folds,
+            query_ratio=run_cfg.query_ratio if run_cfg else args.query_ratio,
+            seed=run_cfg.seed if run_cfg else args.seed,
+            metric=args.metric or (run_cfg.metric if run_cfg else "cosine"),
+            data_source=data_path or "",
+            cache_dir=_cache_dir(args),
+            device=args.device,
+            progress=progress,
+            command=_command_line(),
+        )
+    elif run is not None:
+        if args.folds and run_cfg and args.folds != run_cfg.folds:
+            raise AnivisionError(f"--folds {args.folds} differs from the run's {run_cfg.folds} (a trained run keeps its folds)")
+        out = Path(args.out) if args.out else run
+        data = _load_data(data_path)
+        summary = evaluate_run(
+            run, data, out, data_source=data_path or "", cache_dir=_cache_dir(args), device=args.device,
+            progress=progress, command=_command_line(),
+        )
+    else:
+        raise AnivisionError("retrieval evaluate needs RUN_DIR (a trained run) or --backbone NAME (the untrained baseline)")
+    _print_summary(summary, out)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Most similar gallery images (and their works) for each query image."""
+    from anivision.data.images import is_image_file
+    from anivision.data.reid import load_reid
+    from anivision.embeddings import embed_paths
+    from anivision.models.reid_head import EmbeddingModel
+    from anivision.tasks.retrieval import build_gallery_index, load_fold_model, load_run_config, pick_search_fold, search
+
+    if args.top_k < 1:
+        raise AnivisionError("--top-k must be at least 1")
+    run = Path(args.run_dir)
+    cfg = load_run_config(run)
+    fold = pick_search_fold(run, args.fold)
+    model, dcfg = load_fold_model(run / f"fold{fold}", args.device)
+    progress = not getattr(args, "quiet", False)
+    gallery = load_reid(args.gallery, strict=False)
+    index = build_gallery_index(model, dcfg, gallery, run / "search_index", progress=progress)
+    print(f"gallery: {len(index.paths)} images of {len(set(index.works))} works (fold {fold} model)", file=sys.stderr)
+
+    queries: list[str] = []
+    for item in args.images:
+        p = Path(item)
+        if p.is_dir():
+            queries += [str(f) for f in sorted(p.rglob("*")) if f.is_file() and is_image_file(f)]
+        elif p.exists():
+            queries.append(str(p))
+        else:
+            raise AnivisionError(f"{p}: no such image file or folder")
+    if not queries:
+        raise AnivisionError("no query image given")
+    emb = embed_paths(EmbeddingModel(model), queries, dcfg, cache_dir=None, progress=progress)
+    for path in emb.skipped:
+        print(f"skipped unreadable query: {path}", file=sys.stderr)
+    valid_q = [q for q, ok in zip(queries, emb.valid) if ok]
+    hits = search(index, emb.features[emb.valid], args.top_k, cfg.metric)
+    results = []
+    for q, top in zip(valid_q, hits):
+        votes: dict[str, int] = {}
+        for t in top:
+            votes[t["work"]] = votes.get(t["work"], 0) + 1
+        ranked = sorted(votes.items(), key=lambda kv: -kv[1])
+        print(f"{q}: nearest work {top[0]['work']}; top-{len(top)} works: " + ", ".join(f"{w} ({n})" for w, n in ranked))
+        for i, t in enumerate(top, 1):
+            print(f"  {i:>3}. {t['dist']:.4f}  {t['work']}/{t['role']}  {t['path']}")
+        results.append({"query": q, "top": top})
+    if args.out:
+        from anivision.engine.checkpoint import atomic_write_json
+        from anivision.reports.plots import plot_image_grid
+
+        out = Path(args.out)
+        atomic_write_json(out / "search.json", {"run": str(run), "fold": fold, "gallery": str(args.gallery), "results": results})
+        rows = [[(r["query"], "query", None)] + [(t["path"], f"{i}. {t['work']}", None) for i, t in enumerate(r["top"], 1)] for r in results[:20]]
+        plot_image_grid(rows, out / "search.png")
+        print(f"results: {out / 'search.json'}, {out / 'search.png'}", file=sys.stderr)
+    return 0 if results else 1
+
+
+# ------------------------------------------------------------------------------ parser
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``retrieval`` with its ``train``, ``evaluate`` and ``search`` sub-commands."""
+    from anivision.data.reid import DEFAULT_FOLDS, DEFAULT_QUERY_RATIO
+    from anivision.models.backbone import DEFAULT_BACKBONE
+    from anivision.tasks.retrieval import PRESETS, RetrievalConfig
+
+    d = RetrievalConfig()
+    top = subparsers.add_parser(
+        "retrieval",
+        help="anime style retrieval: re-ID training and the cross-role k-fold protocol (LSASRD)",
+        description="Data: ROOT/<work>/<role>/<image> or a CSV path,work,role. Each test work's roles are split "
+        "into query and gallery roles; works are split into k folds.",
+    )
+    sub = top.add_subparsers(dest="retrieval_command", metavar="SUBCOMMAND")
+    top.set_defaults(func=lambda a: (top.print_help(), 2)[1])
+
+    p = sub.add_parser("train", help="train a re-ID model per fold (resumable) and evaluate it")
+    p.add_argument("--data", required=True, help="ROOT/<work>/<role>/<image> folder or path,work,role CSV")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"any timm model name (default {DEFAULT_BACKBONE})")
+    p.add_argument("--weights", help="none | imagenet | efficientnet_lite0_imagenet | FILE (default: offline lite0 weights for the default backbone, else imagenet)")
+    p.add_argument("--preset", default=d.preset, choices=tuple(PRESETS), help="agw (SGD, warm-up + step, CE + weighted triplet, GeM) or transreid (SGD, cosine, CE + batch-hard triplet)")
+    p.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help=f"folds by work (default {DEFAULT_FOLDS})")
+    p.add_argument("--fold", type=int, help="train only this fold (0-based); the others can follow later into the same --out")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--img-size", type=int, default=d.img_size)
+    p.add_argument("--query-ratio", type=float, default=DEFAULT_QUERY_RATIO, help="fraction of each test work's roles used as queries (default 0.4)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--p", type=int, default=d.p, help=f"works per PK batch (default {d.p})")
+    p.add_argument("--k", type=int, default=d.k, help=f"images per work in a PK batch (default {d.k})")
+    p.add_argument("--batches-per-epoch", type=int, help="PK batches per epoch (default: about one pass over the training images)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
+    p.add_argument("--pool", choices=("auto", "gem", "backbone"), help="pooling (default: the preset's; auto = GeM on CNNs)")
+    p.add_argument("--metric", default=d.metric, choices=("cosine", "euclidean"))
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--workers", type=int, default=0, help="data-loading workers (default 0)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--cache-dir", help="decoded-image and feature caches (default $ANIVISION_CACHE or ~/.cache/anivision)")
+    p.add_argument("--out", required=True, help="run folder (rerun the same command to resume)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run, or the untrained baseline (--backbone) on the same folds")
+    p.add_argument("run_dir", nargs="?", help="trained run folder (with --backbone: evaluate the baseline on its folds)")
+    p.add_argument("--backbone", help="evaluate this untrained backbone instead of the run's models")
+    p.add_argument("--weights", help="weights of --backbone (default as for train)")
+    p.add_argument("--data", help="data (default: the run's)")
+    p.add_argument("--folds", type=int, help="folds for the baseline without a run (default 5)")
+    p.add_argument("--query-ratio", type=float, default=DEFAULT_QUERY_RATIO)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--img-size", type=int, help="baseline input size (default: the run's, else 128)")
+    p.add_argument("--metric", choices=("cosine", "euclidean"))
+    p.add_argument("--device")
+    p.add_argument("--cache-dir")
+    p.add_argument("--out", help="output folder (default RUN_DIR, RUN_DIR/baseline, or ./retrieval-baseline-BACKBONE)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("search", help="most similar gallery images and their works for query images")
+    p.add_argument("run_dir", help="trained run folder")
+    p.add_argument("images", nargs="+", help="query image files or folders")
+    p.add_argument("--gallery", required=True, help="gallery folder (<work>/<role>/<image>, <work>/<image> or flat) or CSV")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--fold", type=int, help="which fold's model (default: the first trained one)")
+    p.add_argument("--device")
+    p.add_argument("--out", help="folder for search.json and a search.png grid")
+    p.set_defaults(func=cmd_search)
