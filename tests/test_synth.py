@@ -181,10 +181,10 @@ def test_emotion_cues_are_learnable_but_not_trivial() -> None:
     """A linear model on aligned 48 px faces beats chance (1/6) clearly but is far from perfect.
 
     Pose and background are fixed here so the check measures the expression cues themselves:
-    identity and style still vary at random. Measured test accuracy is about 0.45-0.55 over
-    seeds 0-3; the bounds leave a wide margin, and the data are deterministic.
+    identity and style still vary at random. Measured held-out accuracy is 0.51-0.61 over
+    seeds 0-5; the bounds leave a wide margin, and the data are deterministic.
     """
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import RidgeClassifier
 
     n_per_class, n_train = 40, 28
     features, labels = [], []
@@ -198,6 +198,7 @@ def test_emotion_cues_are_learnable_but_not_trivial() -> None:
             labels.append(c)
     x, y = np.stack(features), np.array(labels)
     train = np.arange(len(y)) % n_per_class < n_train
-    model = LogisticRegression(C=0.05, max_iter=1000).fit(x[train], y[train])
+    # Ridge: a closed-form linear fit, fast and stable on 2 shared cores.
+    model = RidgeClassifier(alpha=10.0).fit(x[train], y[train])
     accuracy = model.score(x[~train], y[~train])
     assert 0.3 < accuracy < 0.95

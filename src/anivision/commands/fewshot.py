@@ -46,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--k-shot", type=int, default=5)
     p.add_argument("--n-query", type=int, default=10)
     p.add_argument("--val-episodes", type=int, default=300, help="validation episodes per epoch (on cached embeddings)")
+    p.add_argument("--val-max-per-class", type=int, help="embed at most this many validation images per class each epoch (default all)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--classes", help="train/val/test class counts, e.g. 10/3/3")
     g.add_argument("--ratios", help="train/val/test class shares (default 60/20/20)")
@@ -70,7 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-query", type=int, default=10)
     p.add_argument("--episodes", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0, help="episode seed")
-    p.add_argument("--split", choices=("test", "val", "train", "all"), help="which classes (default: test with --run, all with --backbone)")
+    p.add_argument("--split", choices=("test", "val", "unseen", "train", "all"),
+                   help="which classes (default: test with --run, all with --backbone); unseen = val + test")
     p.add_argument("--class-split", help="classes.json (or a run folder) defining the split, with --backbone")
     p.add_argument("--grid", action="store_true", help="{5,20}-way x {1,5}-shot (AniWho Table 8); writes fewshot.md too")
     p.add_argument("--skip-small-classes", action="store_true")
@@ -110,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, backbone=args.backbone or DEFAULT_BACKBONE, weights=args.weights or DEFAULT_WEIGHTS,
         img_size=args.img_size, classes=args.classes, ratios=args.ratios, seed=args.seed, epochs=args.epochs,
         episodes_per_epoch=args.episodes_per_epoch, n_way=args.n_way, k_shot=args.k_shot, n_query=args.n_query,
-        val_episodes=args.val_episodes, distance=args.distance, lr=args.lr, min_crop_scale=args.min_crop_scale,
+        val_episodes=args.val_episodes, val_max_per_class=args.val_max_per_class, distance=args.distance, lr=args.lr, min_crop_scale=args.min_crop_scale,
         pretrain=args.pretrain, pretrain_epochs=args.pretrain_epochs, skip_small_classes=args.skip_small_classes,
         workers=args.workers, device=args.device, cache_dir=args.cache_dir,
     )

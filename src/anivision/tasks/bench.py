@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,9 @@ METRIC_COLUMNS = (
     "avg_epoch_seconds", "train_images_per_second", "inference_images_per_second", "latency_ms",
     "params_total", "trainable_percent",
 )
+
+#: Config keys that may change between runs of one grid (machine-specific, as in train_classifier).
+_MAY_DIFFER = frozenset({"device", "workers", "cache_dir"})
 
 #: Keys a cell sets itself; ``base_args`` must not hold them.
 _GRID_KEYS = frozenset({"data", "split", "out", "backbone", "strategy", "seed"})
@@ -180,6 +184,29 @@ def prepare_bench_split(out: Path, data: str | None, split: str | None, ratios: 
     return write_split(images, splits, saved)
 
 
+def _check_same_run(cfg: TrainConfig) -> None:
+    """Fail up front when a cell's run folder holds a run with other settings.
+
+    ``train_classifier`` refuses such a folder too, but only when the cell runs: changing, say,
+    ``--epochs`` on a rerun would otherwise turn the whole grid into identical failures.
+    The keys that may differ are those ``train_classifier`` ignores as well.
+    """
+    path = Path(cfg.out) / "config.json"
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        return  # unreadable: let train_classifier report it for this cell alone
+    new = json.loads(json.dumps(cfg.to_dict()))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _MAY_DIFFER)
+    if diff:
+        raise AnivisionError(
+            f"{cfg.out}: holds a run with different settings ({', '.join(diff)}); "
+            "rerun with the original options or choose a new --out"
+        )
+
+
 def _one_line(exc: BaseException) -> str:
     """A failure as one line: the user's error as is, anything else prefixed with its type."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -192,7 +219,7 @@ def metrics_row(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """Every scalar of a run's ``metrics.json`` (plus ``best_val_*``), flat, for ``results.csv``."""
     row: dict[str, Any] = {}
     for k, v in metrics.items():
-        if isinstance(v, (int, float, bool)) and not isinstance(v, str):
+        if isinstance(v, (int, float, bool)):
             row[k] = v
     for k, v in (metrics.get("best_val") or {}).items():
         row[f"best_{k}"] = v
@@ -264,6 +291,7 @@ def run_bench(
                     base, data=str(data) if data else None, split=str(split_csv), backbone=backbone,
                     strategy=strategy, seed=seed, weights=weights, out=str(run_dir),
                 )
+                _check_same_run(cfg)
                 cells.append((backbone, strategy, seed, weights, cfg))
     atomic_write_json(
         out / "bench_args.json",

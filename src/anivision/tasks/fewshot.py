@@ -85,11 +85,13 @@ class ClassSplit:
     spec: str = ""
 
     def part(self, name: str) -> list[str]:
-        """Classes of ``train``, ``val``, ``test`` or ``all`` (train + val + test)."""
+        """Classes of ``train``, ``val``, ``test``, ``unseen`` (val + test: never trained on) or ``all``."""
         if name == "all":
             return self.train + self.val + self.test
+        if name == "unseen":
+            return self.val + self.test
         if name not in PARTS:
-            raise AnivisionError(f"unknown split '{name}' (choose train, val, test or all)")
+            raise AnivisionError(f"unknown split '{name}' (choose train, val, test, unseen or all)")
         return list(getattr(self, name))
 
     def save(self, path: str | Path) -> None:
@@ -373,6 +375,7 @@ class FewShotTrainConfig:
     k_shot: int = 5
     n_query: int = 10
     val_episodes: int = 300
+    val_max_per_class: int | None = None  # cap on validation images per class (embedded every epoch)
     distance: str = "euclidean"
     cosine_scale: float = 10.0
     lr: float = 0.01
@@ -417,6 +420,8 @@ class FewShotTrainConfig:
                 raise AnivisionError(f"--{name.replace('_', '-')} must be at least 1")
         if self.n_way < 2:
             raise AnivisionError("--n-way must be at least 2")
+        if self.val_max_per_class is not None and self.val_max_per_class < self.k_shot + self.n_query:
+            raise AnivisionError(f"--val-max-per-class must be at least k-shot + n-query ({self.k_shot + self.n_query})")
         if self.distance not in DISTANCES:
             raise AnivisionError(f"unknown distance '{self.distance}' (choose {' or '.join(DISTANCES)})")
         if self.pretrain not in ("none", "supervised"):
@@ -575,7 +580,7 @@ def train_fewshot(cfg: FewShotTrainConfig, progress: bool = True) -> dict[str, A
     if decoded.errors:
         atomic_write_text(run_dir / "skipped.txt", "\n".join(decoded.errors.values()) + "\n")
     tr_positions = np.arange(n_train)
-    va_positions = np.arange(n_train, len(paths))
+    va_positions = _cap_per_class(np.arange(n_train, len(paths)), labels_all, decoded.valid, cfg.val_max_per_class, cfg.seed)
     train_set = CachedImageDataset(decoded, tr_positions, labels_all, train_transform(dcfg, cfg.augment()))
     # Validate the episode shape early (before any pretraining): small classes, too few classes.
     EpisodeSampler(train_set.targets, cfg.n_way, cfg.k_shot, cfg.n_query, 1, skip_small_classes=cfg.skip_small_classes, class_names=split.train)
@@ -648,6 +653,23 @@ def train_fewshot(cfg: FewShotTrainConfig, progress: bool = True) -> dict[str, A
     }
     atomic_write_json(run_dir / "train.json", summary)
     return summary
+
+
+def _cap_per_class(positions: np.ndarray, labels: np.ndarray, valid: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
+    """At most ``cap`` readable positions per class (seeded choice, sorted); all when ``cap`` is None.
+
+    Validation images are embedded every epoch; a few hundred per class already give
+    thousands of distinct episodes, so a cap saves CPU time on large classes.
+    """
+    positions = positions[valid[positions]]
+    if cap is None:
+        return positions
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(labels[positions]):
+        pos = positions[labels[positions] == c]
+        keep.append(np.sort(rng.choice(pos, size=min(cap, len(pos)), replace=False)))
+    return np.sort(np.concatenate(keep)) if keep else positions
 
 
 def _val_sampler(cfg: FewShotTrainConfig, decoded: DecodedImages, positions: np.ndarray, labels: np.ndarray, split: ClassSplit) -> EpisodeSampler | None:

@@ -1,0 +1,1 @@
+"""CLI sub-commands of the features; each module has ``register(subparsers)``."""
