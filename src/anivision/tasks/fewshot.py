@@ -267,9 +267,9 @@ def evaluate_episodes(
 ) -> np.ndarray:
     """Accuracy of a prototypical classifier on each episode, vectorised over episodes.
 
-    Episodes are gathered as a (T, N, K + Q, D) tensor (in chunks of episodes to bound
-    memory), the first K per class give (T, N, D) prototypes, the rest are (T, N * Q, D)
-    queries; distances, argmins and accuracies are batched. Computed in float64 so that the
+    For a chunk of t episodes (bounding memory), the (t, N, K, D) supports are gathered and
+    averaged into (t, N, D) prototypes and the (t, N * Q, D) queries are gathered; distances
+    are one batched matmul, then argmins and accuracies are batched too. Computed in float64 so that the
     argmin does not depend on summation order (the naive loop in the tests gives exactly the
     same per-episode accuracies).
 
@@ -285,22 +285,34 @@ def evaluate_episodes(
         (T,) float64 accuracy of each episode, in [0, 1].
     """
     feats = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features).to(torch.float64)
+    if distance not in DISTANCES:
+        raise AnivisionError(f"unknown distance '{distance}' (choose {' or '.join(DISTANCES)})")
     ep = torch.as_tensor(np.asarray(episodes, dtype=np.int64))
     t_all, n_way, per_class = ep.shape
     n_query = per_class - k_shot
     if n_query < 1:
         raise AnivisionError(f"episodes have {per_class} images per class; {k_shot}-shot leaves no queries")
     dim = feats.shape[1]
+    # Per-image work is done once, not once per episode: euclidean precomputes every squared
+    # norm ||q||^2, cosine normalises every query-side embedding (prototypes are means of the
+    # raw embeddings, as in episode_distances, and are normalised after averaging).
+    sq_norms = (feats * feats).sum(-1)  # (M,)
+    q_feats = nn.functional.normalize(feats, dim=-1) if distance == "cosine" else feats
     chunk = max(1, int(max_chunk_bytes // max(1, n_way * per_class * dim * 8)))
     # Query j of class c has episode label c: queries are laid out class by class.
     target = torch.arange(n_way).repeat_interleave(n_query)
     out = torch.empty(t_all, dtype=torch.float64)
     for s in range(0, t_all, chunk):
-        x = feats[ep[s : s + chunk]]  # (t, N, K + Q, D)
-        protos = prototypes(x[:, :, :k_shot])  # (t, N, D)
-        queries = x[:, :, k_shot:].reshape(x.shape[0], n_way * n_query, dim)  # (t, N * Q, D)
-        pred = episode_distances(queries, protos, distance).argmin(-1)  # (t, N * Q)
-        out[s : s + chunk] = (pred == target).to(torch.float64).mean(-1)
+        e = ep[s : s + chunk]
+        protos = prototypes(feats[e[:, :, :k_shot]])  # (t, N, K, D) -> (t, N, D)
+        q_idx = e[:, :, k_shot:].reshape(e.shape[0], n_way * n_query)  # (t, N * Q)
+        dots = q_feats[q_idx] @ protos.transpose(-1, -2)  # (t, N * Q, N)
+        if distance == "euclidean":
+            # Squared euclidean as ||q||^2 + ||p||^2 - 2 q.p, the same formula as episode_distances.
+            dist = (sq_norms[q_idx].unsqueeze(-1) + (protos * protos).sum(-1).unsqueeze(-2) - 2.0 * dots).clamp_min(0.0)
+        else:
+            dist = 1.0 - dots / protos.norm(dim=-1).clamp_min(1e-12).unsqueeze(-2)
+        out[s : s + chunk] = (dist.argmin(-1) == target).to(torch.float64).mean(-1)
     return out.numpy()
 
 

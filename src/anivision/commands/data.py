@@ -1,0 +1,100 @@
+"""``anivision data check``: report corrupt files, duplicates, label conflicts and split leakage."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from anivision.data.checks import DEFAULT_MIN_SIZE, check_dataset, has_blocking_problems, write_check_report
+from anivision.data.hashing import PHASH_THRESHOLD
+from anivision.errors import AnivisionError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``data`` command and its ``check`` sub-command.
+
+    Args:
+        subparsers: the object returned by ``ArgumentParser.add_subparsers()``.
+    """
+    data = subparsers.add_parser("data", help="dataset tools: check a dataset before training on it")
+    sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    # `anivision data` alone prints its help instead of failing with a bare usage line.
+    data.set_defaults(func=lambda args: _print_help(data))
+
+    p = sub.add_parser(
+        "check",
+        help="counts, corrupt files, exact/near duplicates, label conflicts, split leakage",
+        description=(
+            "Read every image of a class-per-folder dataset (or CSV manifest) once and report "
+            "counts per class and split, corrupt files, exact duplicates (sha1), near-duplicates "
+            "(resized, re-compressed or lightly cropped copies, by perceptual hashes), copies filed "
+            "under different classes (label conflicts), copies in different split parts (leakage), "
+            "tiny and greyscale images. Writes check.md and check.json."
+        ),
+    )
+    p.add_argument("dir", metavar="DIR", help="class-per-folder dataset DIR/<class>/<image>, or a CSV manifest")
+    p.add_argument("--split", metavar="SPLIT.csv", help="split file path,label,split,sha1 from 'anivision split': check leakage")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 on leakage or label conflicts")
+    p.add_argument("--out", metavar="DIR", help="report folder (default ./check-<DIR name>)")
+    p.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE,
+                   help=f"list images whose shorter side is below this many pixels (default {DEFAULT_MIN_SIZE})")
+    p.add_argument("--near-threshold", type=int, default=PHASH_THRESHOLD,
+                   help=f"largest pHash distance in bits (of 64) for near-duplicates (default {PHASH_THRESHOLD})")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes decoding images (default 1; on 2 shared cores more did not pay)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=run_check)
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def default_out_dir(data: str | Path) -> Path:
+    """``./check-<name>``: the dataset folder's name, or the manifest's stem."""
+    p = Path(data)
+    name = p.stem if p.suffix.lower() == ".csv" else (p.resolve().name or "dataset")
+    return Path(f"check-{name}")
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Check the dataset, write the report, print a summary.
+
+    Args:
+        args: parsed ``data check`` arguments.
+
+    Returns:
+        0, or 1 when ``--strict`` is given and leakage or label conflicts were found.
+
+    Raises:
+        AnivisionError: missing dataset or split file, malformed split file, bad option value.
+    """
+    if args.workers < 1:
+        raise AnivisionError("--workers must be at least 1")
+    if not Path(args.dir).exists():
+        raise AnivisionError(f"{args.dir}: no such dataset folder or manifest")
+    quiet = getattr(args, "quiet", False) or args.no_progress
+    result = check_dataset(
+        args.dir,
+        split_csv=args.split,
+        min_size=args.min_size,
+        near_threshold=args.near_threshold,
+        workers=args.workers,
+        progress=not quiet,
+    )
+    out = Path(args.out) if args.out else default_out_dir(args.dir)
+    md_path, _ = write_check_report(result, out)
+    print(
+        f"checked {result['n_images']} images in {len(result['classes'])} classes: "
+        f"{len(result['corrupt'])} corrupt, {len(result['duplicates'])} exact-duplicate group(s), "
+        f"{len(result['near_duplicates'])} near-duplicate group(s), "
+        f"{len(result['label_conflicts'])} label conflict(s), {len(result['leakage'])} leakage group(s), "
+        f"{len(result['tiny'])} tiny, {100 * result['grayscale_fraction']:.1f}% greyscale"
+    )
+    print(f"report: {md_path}")
+    if args.strict and has_blocking_problems(result):
+        print("strict: leakage or label conflicts found", file=sys.stderr)
+        return 1
+    return 0
