@@ -276,15 +276,17 @@ def check_dataset(
                 read_errors[it.key] = f"cannot read ({exc.strerror or exc})"
         sha1s.append(seen[it.key])
     contents = sorted({s for s in sha1s if s is not None})
-    first_path = {}
+    first_path: dict[str, str] = {}
     for it, s in zip(items, sha1s):
         if s is not None:
             first_path.setdefault(s, it.path)
-    inspected = dict(zip(contents, _map_progress(_inspect, [first_path[s] for s in contents], workers, progress, "decode+hash")))
+    decoded = _map_progress(_inspect, [first_path[s] for s in contents], workers, progress, "decode+hash")
+    inspected: dict[str, _Inspection] = dict(zip(contents, decoded))
 
     # Per item: corrupt or readable.
     corrupt: dict[str, str] = {}
     readable: list[int] = []
+    found: dict[int, _Inspection] = {}  # item index -> what its (readable) content is
     for i, (it, s) in enumerate(zip(items, sha1s)):
         if s is None:
             corrupt[it.path] = read_errors[it.key]
@@ -292,6 +294,7 @@ def check_dataset(
             corrupt[it.path] = inspected[s].error or "unreadable"
         else:
             readable.append(i)
+            found[i] = inspected[s]
 
     # Near-duplicate pairs among distinct readable contents, then groups by union-find.
     good = [s for s in contents if inspected[s].error is None]
@@ -306,9 +309,9 @@ def check_dataset(
         )
         for a, b in pairs.tolist():
             uf.union(a, b)
-    by_content: dict[str, list[int]] = defaultdict(list)
+    by_content: dict[str | None, list[int]] = defaultdict(list)
     for i in readable:
-        by_content[sha1s[i]].append(i)  # type: ignore[index]
+        by_content[sha1s[i]].append(i)
     by_root: dict[int, list[str]] = defaultdict(list)  # component -> its distinct contents
     for s in good:
         by_root[uf.find(index[s])].append(s)
@@ -341,8 +344,8 @@ def check_dataset(
     if has_split:
         per_split["unassigned"] = sum(1 for i in readable if items[i].split is None)
 
-    tiny = [items[i].path for i in readable if min(inspected[sha1s[i]].width, inspected[sha1s[i]].height) < min_size]  # type: ignore[index]
-    n_grey = sum(1 for i in readable if inspected[sha1s[i]].grey)  # type: ignore[index]
+    tiny = [items[i].path for i in readable if min(found[i].width, found[i].height) < min_size]
+    n_grey = sum(1 for i in readable if found[i].grey)
 
     split_info = info.get("split")
     if split_info is not None:
@@ -355,10 +358,9 @@ def check_dataset(
     for group in duplicates + near + conflicts + leakage:
         listed.update(group)
     files: dict[str, dict[str, Any]] = {}
-    for i, (it, s) in enumerate(zip(items, sha1s)):
+    for i, it in enumerate(items):
         if it.path in listed:
-            ins = inspected.get(s) if s is not None else None
-            size = [ins.width, ins.height] if ins is not None and ins.error is None else None
+            size = [found[i].width, found[i].height] if i in found else None
             files[it.path] = {"label": it.label, "split": it.split, "size": size}
 
     return {
@@ -427,8 +429,10 @@ def _group_section(title: str, why: str, groups: list[list[str]], result: dict[s
     return lines + [""]
 
 
-def _list_section(title: str, paths: list[str], root: str, extra: dict[str, str] | None = None) -> list[str]:
-    lines = [f"## {title} ({len(paths)})", ""]
+def _list_section(
+    title: str, paths: list[str], root: str, extra: dict[str, str] | None = None, level: int = 2
+) -> list[str]:
+    lines = [f"{'#' * level} {title} ({len(paths)})", ""]
     if not paths:
         return lines + ["None.", ""]
     for p in paths[:_MD_LIMIT]:
@@ -502,16 +506,20 @@ def render_markdown(result: dict[str, Any]) -> str:
         result["near_duplicates"], result,
     )
     sizes = {p: "x".join(map(str, f["size"])) for p, f in result["files"].items() if f.get("size")}
-    lines += _list_section(f"Tiny images (shorter side < {s['min_size']} px)", result["tiny"], root, sizes)
+    lines += _list_section(f"Tiny images, shorter side < {s['min_size']} px", result["tiny"], root, sizes)
     split = result.get("split")
     if split:
-        for title, key in (
-            ("rows whose file is missing", "missing"),
-            ("files changed since the split was made (sha1 differs)", "changed"),
-            ("folder class differs from the split's label", "label_mismatch"),
-            ("images in the folder but in no split", "unassigned"),
-        ):
-            lines += _list_section(f"Split `{Path(split['csv']).name}`: {title}", split[key], root)
+        checks = (
+            ("Rows whose file is missing", "missing"),
+            ("Changed since the split was made (sha1 differs)", "changed"),
+            ("Folder class differs from the split's label", "label_mismatch"),
+            ("In the folder but in no split", "unassigned"),
+        )
+        lines += [f"## Split file `{split['csv']}`", ""]
+        lines += [f"- {title.lower()}: {len(split[key])}" for title, key in checks] + [""]
+        for title, key in checks:
+            if split[key]:
+                lines += _list_section(title, split[key], root, level=3)
     if result["ignored"]:
         lines += _list_section("Non-image files (ignored)", result["ignored"], root)
     return "\n".join(lines).rstrip() + "\n"
