@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("timm", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     cfg = FewShotTrainConfig(
         data=args.data, out=args.run, classes="10/3/3", seed=0, epochs=args.epochs,
         episodes_per_epoch=args.episodes_per_epoch, n_way=5, k_shot=5, n_query=10,
@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         f"+ h-flip; best epoch {summary['best_epoch']} by {summary['val_n_way']}-way 5-shot accuracy on 300 fixed validation episodes "
         f"({100 * init:.2f}% before, {100 * summary['best_val_acc']:.2f}% at the best epoch). AniWho trained 100 epochs x 100 episodes.",
         f"Wall time on this machine (2 shared CPU cores, torch {torch.__version__}): meta-training {t_train / 60:.1f} min, "
-        f"evaluation (embedding {len(feats)} images per backbone + {len(cols) * len(specs)} x {args.episodes} episodes) {t_eval / 60:.1f} min.",
+        f"evaluation (embedding {len(feats)} images per backbone + {len(cols) * len(specs)} x {args.episodes} episodes) {t_eval / 60:.1f} min; "
+        f"CPU time of the whole script {(time.process_time() - cpu0) / 60:.1f} min (a resumed run counts only its last part).",
         "",
         "Why two evaluations: 3 test classes only allow 3-way episodes. The 5-way columns use the 6 classes never "
         "trained on (val + test); the val classes chose the best epoch, a mild selection bias. The 3-way columns use "
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "Command (from the repository root):",
         "",
         "```",
-        "python benchmarks/fewshot_characters.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        " ".join(["python benchmarks/fewshot_characters.py", *(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))]),
         "```",
         "",
         f"Equivalent CLI: `anivision fewshot train --data ../shared/data/characters --classes 10/3/3 --seed 0 --epochs {args.epochs} "
