@@ -8,10 +8,8 @@ with status 2; ``--debug`` (anywhere on the command line) shows the traceback in
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -175,16 +173,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for path, reason in skipped.items():
         print(f"skipped: {reason}", file=sys.stderr)
     if args.out:
+        from anivision.engine.checkpoint import atomic_write_csv
+
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fields = list(rows[0].keys()) if rows else ["path"]
-        tmp = out.with_name(out.name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=fields)
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
-        os.replace(tmp, out)
+        atomic_write_csv(out, rows, list(rows[0].keys()) if rows else ["path"])
         print(f"{len(rows)} prediction(s) ({len(skipped)} skipped) -> {out}")
     else:
         for r in rows:

@@ -8,10 +8,8 @@ from a folder per character (no retraining) and identify images against them, op
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -193,16 +191,11 @@ def cmd_identify(args: argparse.Namespace) -> int:
         print(f"skipped: {reason}", file=sys.stderr)
     k = max((int(key.split("_")[1]) for r in rows for key in r if key.startswith("pred_")), default=1)
     if args.out:
+        from anivision.engine.checkpoint import atomic_write_csv
+
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         fields = ["path"] + [f for i in range(1, k + 1) for f in (f"pred_{i}", f"dist_{i}")]
-        tmp = out.with_name(out.name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=fields)
-            w.writeheader()
-            for r in rows:
-                w.writerow({key: (f"{v:.6g}" if isinstance(v, float) else v) for key, v in r.items()})
-        os.replace(tmp, out)
+        atomic_write_csv(out, rows, fields, float_format="{:.6g}")
         print(f"{len(rows)} image(s) identified ({len(skipped)} skipped) -> {out}")
     else:
         for r in rows:

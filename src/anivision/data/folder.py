@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import glob
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,3 +137,27 @@ def load_labeled(data: str | Path) -> LabeledImages:
     if p.suffix.lower() == ".csv":
         return read_manifest(p)
     return scan_class_folders(p)
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Files, folders (recursively, image files only) and glob patterns -> sorted unique paths.
+
+    Raises:
+        AnivisionError: an input matches nothing.
+    """
+    out: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and is_image_file(f))
+            if not found:
+                raise AnivisionError(f"{p}: folder has no images")
+            out.extend(found)
+        elif p.exists():
+            out.append(str(p))
+        else:
+            matches = sorted(m for m in glob.glob(item, recursive=True) if Path(m).is_file())
+            if not matches:
+                raise AnivisionError(f"{item}: no such file, folder or pattern match")
+            out.extend(matches)
+    return list(dict.fromkeys(out))

@@ -9,6 +9,7 @@ run killed at any moment leaves either the previous checkpoint or the new one, n
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -31,6 +32,19 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def atomic_write_csv(path: str | Path, rows: list[dict[str, Any]], fields: list[str], float_format: str = "{:.6f}") -> None:
+    """Write ``rows`` (dicts keyed by ``fields``) as CSV, atomically; floats use ``float_format``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (float_format.format(v) if isinstance(v, float) else v) for k, v in r.items()})
+    os.replace(tmp, path)
 
 
 def _json_default(o: Any) -> Any:

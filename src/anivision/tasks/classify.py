@@ -9,7 +9,6 @@ A run folder can be resumed: the same command continues from the last finished e
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import math
@@ -27,8 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from anivision.config import TrainConfig
 from anivision.data.cache import DecodedImages, decode_images, default_cache_dir
 from anivision.data.datasets import CachedImageDataset
-from anivision.data.folder import LabeledImages, load_labeled
-from anivision.data.images import is_image_file
+from anivision.data.folder import LabeledImages, expand_inputs, load_labeled
 from anivision.data.splits import parse_ratios, read_split, split_indices, stratified_split, write_split
 from anivision.data.transforms import cache_size, eval_transform, train_transform
 from anivision.embeddings import embed_paths, pick_device
@@ -502,30 +500,6 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, out: str | Path |
     write_report(out_dir, metrics, [], title=f"evaluation of {run_dir.name}", config=None)
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics | {"out": str(out_dir)}
-
-
-def expand_inputs(inputs: list[str]) -> list[str]:
-    """Files, folders (recursively, image files only) and glob patterns -> sorted unique paths.
-
-    Raises:
-        AnivisionError: an input matches nothing.
-    """
-    out: list[str] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and is_image_file(f))
-            if not found:
-                raise AnivisionError(f"{p}: folder has no images")
-            out.extend(found)
-        elif p.exists():
-            out.append(str(p))
-        else:
-            matches = sorted(m for m in glob.glob(item, recursive=True) if Path(m).is_file())
-            if not matches:
-                raise AnivisionError(f"{item}: no such file, folder or pattern match")
-            out.extend(matches)
-    return list(dict.fromkeys(out))
 
 
 def predict_paths(run_dir: str | Path, inputs: list[str], top_k: int = 5, batch_size: int = 64, progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, str]]:

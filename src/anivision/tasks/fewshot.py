@@ -1039,7 +1039,7 @@ def identify_paths(
     Raises:
         AnivisionError: not a gallery, no input matches, or the backbone weights changed.
     """
-    from anivision.tasks.classify import expand_inputs
+    from anivision.data.folder import expand_inputs
 
     if top_k < 1:
         raise AnivisionError("--top-k must be at least 1")
