@@ -144,12 +144,19 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=30)
     ap.add_argument("--cache-dir", default="/tmp/anivision-speed-cache")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: probe,train,infer")
+    ap.add_argument("--max-per-class", type=int, default=0, help="use the first N images of each class (0: all)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: one per CPU)")
     ap.add_argument("--out", default="benchmarks/results/speed.json")
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(a.threads or os.cpu_count() or 1)
     res: dict = {"threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "backbone": a.backbone, "img_size": a.img_size}
     images = scan_class_folders(a.data)
+    if a.max_per_class:
+        keep = [i for c in range(len(images.classes)) for i in [j for j, y in enumerate(images.labels) if y == c][: a.max_per_class]]
+        images = images.subset(sorted(keep))
+        # ImageFolder reads the whole folder; the straightforward loader is restricted to the same files below.
+    res["n_images"] = len(images)
     splits = stratified_split(images.labels, images.classes, parse_ratios("70/15/15"), 42)
     parts = split_indices(splits)
     by_path = {k: [images.paths[i] for i in v] for k, v in parts.items()}
@@ -175,7 +182,9 @@ def main() -> None:
         model = Classifier(create_backbone(a.backbone, a.weights), n_classes)
         aug = AugmentConfig(rotation=0.0, color_jitter=(0.1, 0.1, 0.1, 0.0), random_erasing=0.0)
         tf_pil = T.Compose([T.RandomResizedCrop(a.img_size, scale=(0.8, 1.0)), T.RandomHorizontalFlip(), T.ColorJitter(0.1, 0.1, 0.1), T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
-        ds_pil = Subset(datasets.ImageFolder(a.data, transform=tf_pil), parts["train"])
+        folder = datasets.ImageFolder(a.data, transform=tf_pil)
+        pos = {p: i for i, (p, _) in enumerate(folder.samples)}
+        ds_pil = Subset(folder, [pos[p] for p in by_path["train"]])
         decoded = decode_images(images.paths, cfg.img_size, cache_dir=a.cache_dir, progress=False)
         ds_fast = CachedImageDataset(decoded, parts["train"], images.labels, train_transform(cfg, aug))
         gen = torch.Generator().manual_seed(0)

@@ -157,6 +157,7 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         AnivisionError: bad data, backbone, weights or config; or ``cfg.out`` holds a
             different run.
     """
+    t_start = time.perf_counter()
     run_dir = Path(cfg.out)
     dinfo = init_distributed()
     if dinfo.is_main:
@@ -365,6 +366,9 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             "feature_cache": use_features,
             "device": str(device),
             "world_size": world,
+            # Wall time of this invocation (a resumed run counts only its last part), including
+            # decoding, feature extraction and the test evaluation.
+            "wall_seconds": time.perf_counter() - t_start,
             **speed,
         }
     )
