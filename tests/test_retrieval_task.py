@@ -53,6 +53,8 @@ def test_weighted_regularized_triplet_matches_naive_loop(seed: int) -> None:
     loss.backward()
     assert torch.isfinite(feat.grad).all()  # no NaN from the zero self-distances
     assert weighted_regularized_triplet(feat, torch.zeros(9, dtype=torch.long)).item() == 0.0  # no negatives
+    unit = torch.nn.functional.normalize(feat.detach(), dim=1)
+    assert weighted_regularized_triplet(feat, labels, normalize=True).item() == pytest.approx(_naive_wrt(unit, labels), rel=1e-5)
 
 
 def test_batch_hard_triplet_matches_naive_loop() -> None:

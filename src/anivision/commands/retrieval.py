@@ -78,6 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         batches_per_epoch=args.batches_per_epoch,
         lr=args.lr,
         pool=args.pool,
+        triplet_normalize=args.triplet_features == "normalized",
         folds=args.folds,
         query_ratio=args.query_ratio,
         seed=args.seed,
@@ -235,6 +236,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batches-per-epoch", type=int, help="PK batches per epoch (default: about one pass over the training images)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
     p.add_argument("--pool", choices=("auto", "gem", "backbone"), help="pooling (default: the preset's; auto = GeM on CNNs)")
+    p.add_argument("--triplet-features", default="normalized", choices=("normalized", "raw"),
+                   help="triplet loss on L2-normalised (default: stable in short runs) or raw features (as the papers)")
     p.add_argument("--metric", default=d.metric, choices=("cosine", "euclidean"))
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--workers", type=int, default=0, help="data-loading workers (default 0)")

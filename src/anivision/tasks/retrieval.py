@@ -78,7 +78,7 @@ def _euclidean(feat: torch.Tensor) -> torch.Tensor:
     return d2.clamp(min=1e-12).sqrt()
 
 
-def weighted_regularized_triplet(feat: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def weighted_regularized_triplet(feat: torch.Tensor, labels: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     """Weighted regularised triplet loss of AGW (Ye et al., TPAMI 2021).
 
     For each anchor i, positives P_i (same label, not i itself) and negatives N_i:
@@ -91,13 +91,14 @@ def weighted_regularized_triplet(feat: torch.Tensor, labels: torch.Tensor) -> to
     pull ``ap_i`` down. Anchors with no positive or no negative in the batch are left out.
 
     Args:
-        feat: (B, D) features (un-normalised, as in AGW).
+        feat: (B, D) features (un-normalised in AGW).
         labels: (B,) int labels.
+        normalize: L2-normalise the features first (distances in [0, 2]).
 
     Returns:
         Scalar loss; zero (with a graph) when no anchor has both a positive and a negative.
     """
-    feat = feat.float()
+    feat = F.normalize(feat.float(), dim=1) if normalize else feat.float()
     dist = _euclidean(feat)
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=feat.device)
@@ -117,8 +118,12 @@ def weighted_regularized_triplet(feat: torch.Tensor, labels: torch.Tensor) -> to
 class WeightedRegularizedTriplet(nn.Module):
     """Module form of :func:`weighted_regularized_triplet`: ``(B, D), (B,) -> scalar``."""
 
+    def __init__(self, normalize: bool = False) -> None:
+        super().__init__()
+        self.normalize = normalize
+
     def forward(self, feat: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return weighted_regularized_triplet(feat, labels)
+        return weighted_regularized_triplet(feat, labels, self.normalize)
 
 
 class BatchHardTriplet(nn.Module):
@@ -233,6 +238,11 @@ class RetrievalConfig:
         id_weight: weight of the ID (cross-entropy) loss.
         triplet_weight: weight of the triplet loss.
         triplet_margin: margin of the batch-hard triplet (the weighted one has none).
+        triplet_normalize: compute the triplet loss on L2-normalised features. The papers use raw
+            features; with SGD at lr 1e-2 and a short schedule, raw-feature triplets (initial loss
+            ~10) wreck pretrained features before the ID loss gets going (measured on synthetic
+            styles: training-set ID accuracy 0.21 vs 0.54 after 80 steps), so True is the default
+            and ``--triplet-features raw`` restores the papers' choice for long GPU runs.
         folds: number of folds by work.
         query_ratio: fraction of each test work's roles on the query side.
         seed: fold, role-split, sampler and initialisation seed.
@@ -255,6 +265,7 @@ class RetrievalConfig:
     id_weight: float = 1.0
     triplet_weight: float = 1.0
     triplet_margin: float = 0.3
+    triplet_normalize: bool = True
     folds: int = DEFAULT_FOLDS
     query_ratio: float = DEFAULT_QUERY_RATIO
     seed: int = 0
@@ -440,7 +451,11 @@ def train_fold(
     model = ReidModel(backbone, len(train_works), pool=cfg.pool or preset.pool, img_size=cfg.img_size).to(device)
     optimizer = torch.optim.SGD(_param_groups(model, preset.weight_decay), lr=cfg.lr or preset.lr, momentum=preset.momentum)
     id_loss = nn.CrossEntropyLoss(label_smoothing=preset.label_smoothing)
-    triplet_loss: nn.Module = WeightedRegularizedTriplet() if preset.triplet == "wrt" else BatchHardTriplet(cfg.triplet_margin)
+    triplet_loss: nn.Module = (
+        WeightedRegularizedTriplet(cfg.triplet_normalize)
+        if preset.triplet == "wrt"
+        else BatchHardTriplet(cfg.triplet_margin, cfg.triplet_normalize)
+    )
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
 
