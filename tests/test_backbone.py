@@ -54,3 +54,13 @@ def test_local_weights_roundtrip(tmp_path):
     torch.save({"state_dict": {"module." + k: v for k, v in a.state_dict().items()}}, p)
     c = create_backbone(TINY_CNN, str(p))
     assert model_fingerprint(a) == model_fingerprint(c)
+
+
+def test_vit_built_for_the_input_size_and_weights_resampled(tmp_path):
+    a = create_backbone("test_vit", "none")  # test_vit's native input is 160 px
+    f = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in a.state_dict().items()}, str(f))
+    b = create_backbone("test_vit", str(f), img_size=32)
+    with torch.no_grad():
+        assert b(torch.zeros(2, 3, 32, 32)).shape == (2, b.num_features)
+    assert b.pos_embed.shape[1] < a.pos_embed.shape[1]  # a smaller grid, resampled from the file

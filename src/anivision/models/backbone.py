@@ -105,6 +105,15 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], sour
     head_prefixes = ("classifier.", "fc.", "head.fc.", "head.")
     sd = {k: v for k, v in state.items() if k in own or not k.startswith(head_prefixes)}
     sd = {k.removeprefix("backbone."): v for k, v in sd.items()}
+    if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
+        # Weights saved for another input size: resample the position-embedding grid (as timm does).
+        from timm.layers import resample_abs_pos_embed
+
+        grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+        if grid is not None:
+            sd["pos_embed"] = resample_abs_pos_embed(
+                sd["pos_embed"], new_size=list(grid), num_prefix_tokens=0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
+            )
     bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items() if k in own and v.shape != own[k].shape]
     if bad:
         k, got, want = bad[0]
@@ -123,7 +132,9 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], sour
     model.load_state_dict({k: sd[k] for k in matched}, strict=False)
 
 
-def create_backbone(name: str = DEFAULT_BACKBONE, weights: str = DEFAULT_WEIGHTS, **kwargs: object) -> nn.Module:
+def create_backbone(
+    name: str = DEFAULT_BACKBONE, weights: str = DEFAULT_WEIGHTS, img_size: int | None = None, **kwargs: object
+) -> nn.Module:
     """Create a timm feature extractor (``num_classes=0``) with the requested weights.
 
     Args:
@@ -131,6 +142,8 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str = DEFAULT_WEIGHTS
         weights: ``"none"`` (random init), ``"imagenet"`` (timm's hub weights: needs internet or
             a filled HF cache), ``"efficientnet_lite0_imagenet"`` (offline ImageNet weights for
             ``tf_efficientnet_lite0``), or a path to a ``.safetensors``/``.pth`` file.
+        img_size: input side the model will see. Models with a fixed input size (ViTs) are built
+            for it, and their position embeddings are resampled from the weights' grid.
         **kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
 
     Returns:
@@ -150,15 +163,22 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str = DEFAULT_WEIGHTS
     pretrained = w == "imagenet"
     if w == LITE0_WEIGHTS and name.split(".")[0] != LITE0_ARCH:
         raise AnivisionError(f"--weights {LITE0_WEIGHTS} fits only --backbone {LITE0_ARCH}, not '{name}'")
-    try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - timm raises many kinds when the hub is unreachable
-        if pretrained:
-            raise AnivisionError(
-                f"cannot fetch ImageNet weights for '{name}' from the model hub ({type(exc).__name__}); "
-                f"offline, use --weights FILE or --backbone {LITE0_ARCH} --weights {LITE0_WEIGHTS}"
-            ) from exc
-        raise AnivisionError(f"cannot create backbone '{name}': {exc}") from exc
+    def build(extra: dict) -> nn.Module:
+        try:
+            return timm.create_model(name, pretrained=pretrained, num_classes=0, **extra)
+        except Exception as exc:  # noqa: BLE001 - timm raises many kinds when the hub is unreachable
+            if pretrained:
+                raise AnivisionError(
+                    f"cannot fetch ImageNet weights for '{name}' from the model hub ({type(exc).__name__}); "
+                    f"offline, use --weights FILE or --backbone {LITE0_ARCH} --weights {LITE0_WEIGHTS}"
+                ) from exc
+            raise AnivisionError(f"cannot create backbone '{name}': {exc}") from exc
+
+    model = build(dict(kwargs))
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if img_size and "img_size" not in kwargs and cfg.get("fixed_input_size") and int(cfg.get("input_size", (3, 0, 0))[-1]) != int(img_size):
+        # ViTs are built for one input size: rebuild for ours (timm resamples hub position embeddings).
+        model = build({**kwargs, "img_size": int(img_size)})
     if w == LITE0_WEIGHTS:
         load_backbone_weights(model, _lite0_state_dict(), LITE0_WEIGHTS)
     elif w not in ("none", "imagenet"):

@@ -73,7 +73,7 @@ def _seed_everything(seed: int) -> torch.Generator:
 
 def build_classifier(cfg: TrainConfig, n_classes: int, weights: str | None = None) -> tuple[Classifier, DataConfig]:
     """Backbone (``cfg.backbone`` with ``weights`` or ``cfg.weights``) + dropout/linear head."""
-    backbone = create_backbone(cfg.backbone, cfg.weights if weights is None else weights)
+    backbone = create_backbone(cfg.backbone, cfg.weights if weights is None else weights, img_size=cfg.img_size)
     dcfg = data_config(backbone, cfg.img_size)
     dcfg = DataConfig(dcfg.img_size, dcfg.mean, dcfg.std, crop_pct=cfg.crop_pct)
     return Classifier(backbone, n_classes, dropout=cfg.dropout), dcfg

@@ -579,7 +579,7 @@ def train_fewshot(cfg: FewShotTrainConfig, progress: bool = True) -> dict[str, A
 
     device = pick_device(cfg.device)
     _seed_all(cfg.seed)
-    backbone = create_backbone(cfg.backbone, cfg.weights)
+    backbone = create_backbone(cfg.backbone, cfg.weights, img_size=cfg.img_size)
     base = data_config(backbone, cfg.img_size)
     dcfg = DataConfig(base.img_size, base.mean, base.std, crop_pct=cfg.crop_pct)
     backbone.to(device).to(memory_format=torch.channels_last)
@@ -748,7 +748,7 @@ def backbone_spec(run: str | None, backbone: str | None, weights: str | None, im
 
 def build_backbone(spec: BackboneSpec, device: str | None = None) -> tuple[nn.Module, DataConfig]:
     """Create the backbone of ``spec`` in eval mode with its :class:`DataConfig`."""
-    model = create_backbone(spec.backbone, spec.weights)
+    model = create_backbone(spec.backbone, spec.weights, img_size=spec.img_size)
     base = data_config(model, spec.img_size)
     model.to(pick_device(device)).eval()
     return model, DataConfig(base.img_size, base.mean, base.std, crop_pct=spec.crop_pct)
