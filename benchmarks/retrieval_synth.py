@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"![mean CMC]({cmc_png.name})",
         "",
-        f"For scale, LSASRD's published 5-fold baselines on the real data (256 px, 100 epochs, GPU): AGW ResNet-50 "
+        "For scale, LSASRD's published 5-fold baselines on the real data (256 px, 100 epochs, GPU): AGW ResNet-50 "
         "mINP 12.48 / mAP 40.84 / R1 72.06 / R5 88.60; TransReID ViT-Small 12.48 / 42.76 / 76.68 / 91.04. Not comparable "
         "with the figures above (other data, 20 works, 64 px, minutes of CPU): the synthetic run shows that training, "
         "protocol and metrics work end to end, and that re-ID training learns style beyond ImageNet features.",

@@ -141,6 +141,15 @@ def test_train_evaluate_search_end_to_end(tmp_path: Path, capsys: pytest.Capture
     with pytest.raises(AnivisionError, match="RUN_DIR"):
         _cli(["retrieval", "evaluate"])
 
+    # The transreid preset on a ViT, one fold only (the other fold is simply not reported yet).
+    vit_run = tmp_path / "vit"
+    vit = ["--data", str(data), "--backbone", "test_vit", "--weights", "none", "--img-size", "32", "--cache-dir", str(cache)]
+    assert _cli(["retrieval", "train", *vit, "--preset", "transreid", "--epochs", "1", "--folds", "2", "--fold", "1",
+                 "--p", "3", "--k", "2", "--out", str(vit_run)]) == 0
+    vm = json.loads((vit_run / "metrics.json").read_text())
+    assert [f["fold"] for f in vm["folds"]] == [1] and not (vit_run / "fold0").exists()
+    assert json.loads((vit_run / "fold1" / "model.json").read_text())["pool"] == "backbone"
+
     capsys.readouterr()
     query = str(data / "work_01" / "role_00" / "role_00_00000.jpg")
     assert _cli(["retrieval", "search", str(run), "--gallery", str(data), query, "--top-k", "3"]) == 0

@@ -313,13 +313,8 @@ def reid_augment() -> AugmentConfig:
 
 
 def make_backbone(name: str, weights: str, img_size: int) -> nn.Module:
-    """:func:`create_backbone`, rebuilt at ``img_size`` when the model has a fixed input size (ViTs)."""
-    model = create_backbone(name, weights)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if cfg.get("fixed_input_size") and int(cfg.get("input_size", (3, img_size, img_size))[-1]) != img_size:
-        # timm resamples position embeddings of pretrained weights to the new size.
-        model = create_backbone(name, weights, img_size=img_size)
-    return model
+    """:func:`create_backbone` built for ``img_size`` (matters for fixed-size models such as ViTs)."""
+    return create_backbone(name, weights, img_size=img_size)
 
 
 # ============================================================================ training
