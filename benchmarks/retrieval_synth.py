@@ -48,6 +48,14 @@ def _cell(summary: dict, key: str) -> str:
     return f"{100 * summary['mean'][key]:.2f} ± {100 * summary['std'][key]:.2f}"
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository root when it lies inside it (results files are committed)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work-dir", default=str(ROOT / "runs" / "retrieval-synth"), help="data, run and baseline folders (resumable)")
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         command.strip(),
         "```",
         "",
-        f"Per-fold reports: `{work / 'run' / 'report.md'}` (trained), `{work / 'baseline' / 'report.md'}` (untrained).",
+        f"Per-fold reports: `{_shown(work / 'run' / 'report.md')}` (trained), `{_shown(work / 'baseline' / 'report.md')}` (untrained).",
     ]
     results.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines[8:14]))

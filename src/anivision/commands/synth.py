@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         n_classes=args.n_classes,
         n_works=args.n_works,
         roles_per_work=args.roles_per_work,
-        progress=not args.no_progress,
+        progress=not (args.no_progress or getattr(args, "quiet", False)),
     )
     print(
         f"synth {summary['task']}: wrote {summary['n_images']} images in {len(summary['counts'])} "
