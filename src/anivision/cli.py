@@ -72,55 +72,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 def build_train_config(args: argparse.Namespace) -> "Any":
     """Merge defaults < recipe < YAML < flags into a :class:`~anivision.config.TrainConfig`."""
-    import yaml
+    from anivision.config import resolve_train_config
 
-    from anivision.config import TrainConfig, recipe_values
-
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        p = Path(args.config)
-        if not p.is_file():
-            raise AnivisionError(f"{p}: no such config file")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise AnivisionError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-        if not isinstance(loaded, dict):
-            raise AnivisionError(f"{p}: expected a mapping of config keys")
-        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
-    flag_keys = (
-        "data split ratios backbone weights strategy recipe img_size epochs batch_size seed lr_head lr_backbone "
-        "weight_decay optimizer schedule warmup_epochs patience monitor grad_clip dropout label_smoothing "
-        "partial_groups unfreeze_every progressive_groups workers device cache_dir out"
-    ).split()
-    for k in flag_keys:
-        v = getattr(args, k, None)
-        if v is not None:
-            values[k] = v
-    if getattr(args, "no_feature_cache", False):
-        values["feature_cache"] = False
-    if values.get("grad_clip") == 0:
-        values["grad_clip"] = None
-    strategy = values.get("strategy", TrainConfig.strategy)
-    recipe = values.get("recipe", "default")
-    base = TrainConfig().to_dict()
-    base.update(recipe_values(recipe, strategy))
-    if "aug" in base and not isinstance(base["aug"], dict):
-        import dataclasses
-
-        base["aug"] = dataclasses.asdict(base["aug"])
-    base.update(values)
-    cfg = TrainConfig.from_dict(base)
-    if not cfg.data and not cfg.split:
-        raise AnivisionError("train needs --data DIR (or --split SPLIT.csv)")
-    if not cfg.out:
-        raise AnivisionError("train needs --out RUN_DIR")
-    if cfg.data and not Path(cfg.data).exists():
-        raise AnivisionError(f"{cfg.data}: no such dataset folder or manifest")
-    for name in ("epochs", "batch_size", "img_size"):
-        if getattr(cfg, name) < 1:
-            raise AnivisionError(f"--{name.replace('_', '-')} must be at least 1")
-    return cfg
+    return resolve_train_config(vars(args))
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -10,13 +10,77 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from anivision.data.transforms import AugmentConfig
 from anivision.errors import AnivisionError
 from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
 
 RECIPES = ("default", "fer", "aniwho")
+
+#: User options of ``anivision train`` that set a :class:`TrainConfig` field directly.
+TRAIN_OPTION_KEYS: tuple[str, ...] = tuple(
+    (
+        "data split ratios backbone weights strategy recipe img_size epochs batch_size seed lr_head lr_backbone "
+        "weight_decay optimizer schedule warmup_epochs patience monitor grad_clip dropout label_smoothing "
+        "partial_groups unfreeze_every progressive_groups workers device cache_dir out"
+    ).split()
+)
+
+
+def train_option_defaults() -> dict[str, Any]:
+    """Every train option unset: the field options, plus ``config`` (YAML path) and ``no_feature_cache``."""
+    return {**{k: None for k in TRAIN_OPTION_KEYS}, "config": None, "no_feature_cache": False}
+
+
+def resolve_train_config(options: Mapping[str, Any]) -> "TrainConfig":
+    """Merge defaults < recipe (for the chosen strategy) < YAML file < options into a TrainConfig.
+
+    Args:
+        options: user options by name (see :func:`train_option_defaults`); ``None`` means not
+            given. ``config`` is a YAML file of TrainConfig keys; ``no_feature_cache`` switches the
+            linear probe's feature cache off. Other keys are ignored.
+
+    Raises:
+        AnivisionError: unreadable YAML, unknown keys, missing data/out, or bad values.
+    """
+    import yaml
+
+    values: dict[str, Any] = {}
+    if options.get("config"):
+        p = Path(options["config"])
+        if not p.is_file():
+            raise AnivisionError(f"{p}: no such config file")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise AnivisionError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        if not isinstance(loaded, dict):
+            raise AnivisionError(f"{p}: expected a mapping of config keys")
+        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    for k in TRAIN_OPTION_KEYS:
+        if options.get(k) is not None:
+            values[k] = options[k]
+    if options.get("no_feature_cache"):
+        values["feature_cache"] = False
+    if values.get("grad_clip") == 0:
+        values["grad_clip"] = None
+    strategy = values.get("strategy", TrainConfig.strategy)
+    recipe = values.get("recipe", "default")
+    base = TrainConfig().to_dict()
+    base.update({k: (dataclasses.asdict(v) if k == "aug" else v) for k, v in recipe_values(recipe, strategy).items()})
+    base.update(values)
+    cfg = TrainConfig.from_dict(base)
+    if not cfg.data and not cfg.split:
+        raise AnivisionError("train needs --data DIR (or --split SPLIT.csv)")
+    if not cfg.out:
+        raise AnivisionError("train needs --out RUN_DIR")
+    if cfg.data and not Path(cfg.data).exists():
+        raise AnivisionError(f"{cfg.data}: no such dataset folder or manifest")
+    for name in ("epochs", "batch_size", "img_size"):
+        if getattr(cfg, name) < 1:
+            raise AnivisionError(f"--{name.replace('_', '-')} must be at least 1")
+    return cfg
 
 
 @dataclass

@@ -12,8 +12,6 @@ resumes from its checkpoint, and a failed cell is recorded and retried on the ne
 
 from __future__ import annotations
 
-import argparse
-import functools
 import json
 import logging
 import time
@@ -21,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from anivision.config import TrainConfig
+from anivision.config import TrainConfig, resolve_train_config, train_option_defaults
 from anivision.errors import AnivisionError
 from anivision.models.backbone import LITE0_ARCH, LITE0_WEIGHTS
 
@@ -71,21 +69,8 @@ def cell_name(backbone: str, strategy: str, seed: int) -> str:
 
 
 def _train_flag_defaults() -> dict[str, Any]:
-    """Every ``anivision train`` flag (argparse dest) with its default, from the CLI itself.
-
-    Reading the parser rather than keeping a second list means a flag added to ``train`` is
-    accepted by ``bench`` without touching this module.
-    """
-    return dict(_train_flag_defaults_cached())
-
-
-@functools.lru_cache(maxsize=1)
-def _train_flag_defaults_cached() -> tuple[tuple[str, Any], ...]:
-    from anivision.cli import _add_train_args
-
-    parser = argparse.ArgumentParser(add_help=False)
-    _add_train_args(parser)
-    return tuple(vars(parser.parse_args([])).items())
+    """Every ``anivision train`` option with its unset default (from :mod:`anivision.config`)."""
+    return train_option_defaults()
 
 
 def _check_grid(backbones: Sequence[str], strategies: Sequence[str], seeds: Sequence[int]) -> tuple[list[str], list[str], list[int]]:
@@ -142,8 +127,6 @@ def cell_config(
     Raises:
         AnivisionError: an unknown key in ``base_args`` or a bad value.
     """
-    from anivision.cli import build_train_config
-
     known = _train_flag_defaults()
     unknown = sorted(set(base_args) - set(known))
     if unknown:
@@ -153,7 +136,7 @@ def cell_config(
         raise AnivisionError(f"bench: {', '.join(grid_keys)} are set by the grid, not by the train options")
     values = {**known, **{k: v for k, v in base_args.items() if v is not None}}
     values.update(data=data, split=split, backbone=backbone, strategy=strategy, seed=seed, weights=weights, out=out)
-    return build_train_config(argparse.Namespace(**values))
+    return resolve_train_config(values)
 
 
 def prepare_bench_split(out: Path, data: str | None, split: str | None, ratios: str | None, seed: int) -> Path:
