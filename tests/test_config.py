@@ -1,0 +1,58 @@
+"""Train-config resolution: defaults < recipe < YAML < flags, and the recipes' published values."""
+
+import pytest
+
+from anivision.config import TrainConfig, recipe_values, resolve_train_config, train_option_defaults
+from anivision.errors import AnivisionError
+
+
+def _opts(tmp_path, **kw):
+    o = train_option_defaults()
+    o.update(data=str(tmp_path), out=str(tmp_path / "run"))
+    o.update(kw)
+    return o
+
+
+def test_fer_recipe_per_strategy(tmp_path):
+    full = resolve_train_config(_opts(tmp_path, recipe="fer", strategy="full"))
+    assert (full.optimizer, full.lr_head, full.lr_backbone, full.weight_decay) == ("adamw", 1e-3, 1e-5, 1e-4)
+    assert (full.epochs, full.patience, full.warmup_epochs, full.grad_clip, full.schedule) == (40, 10, 3.0, 1.0, "cosine")
+    assert full.img_size == 224 and full.crop_pct == pytest.approx(224 / 256)
+    assert full.aug.crop_scale == (0.8, 1.0) and full.aug.rotation == 10.0 and full.aug.random_erasing == 0.1
+    lp = resolve_train_config(_opts(tmp_path, recipe="fer", strategy="linear_probe"))
+    assert (lp.lr_head, lp.epochs, lp.patience) == (1e-3, 20, 5)
+    part = resolve_train_config(_opts(tmp_path, recipe="fer", strategy="partial"))
+    assert (part.lr_head, part.lr_backbone, part.epochs, part.patience) == (1e-3, 1e-4, 30, 7)
+
+
+def test_aniwho_recipe(tmp_path):
+    c = resolve_train_config(_opts(tmp_path, recipe="aniwho", strategy="full"))
+    assert (c.optimizer, c.momentum, c.lr_head, c.schedule, c.plateau_factor, c.plateau_patience, c.min_lr) == (
+        "sgd", 0.9, 0.005, "plateau", 0.2, 3, 1e-5)
+    assert (c.monitor, c.patience, c.img_size, c.dropout) == ("val_loss", 6, 96, 0.2)
+    assert c.aug.vflip == 0.5 and c.aug.translate == 0.2 and c.aug.zoom == 0.2
+
+
+def test_flags_override_yaml_override_recipe(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("epochs: 7\nlr-head: 0.01\nimg_size: 64\n")
+    c = resolve_train_config(_opts(tmp_path, recipe="fer", strategy="full", config=str(y), img_size=48))
+    assert c.epochs == 7 and c.lr_head == 0.01  # YAML beats the recipe
+    assert c.img_size == 48  # the flag beats YAML
+    assert c.lr_backbone == 1e-5  # untouched recipe value
+    d = resolve_train_config(_opts(tmp_path, strategy="linear_probe", no_feature_cache=True, grad_clip=0))
+    assert d.feature_cache is False and d.grad_clip is None
+    assert TrainConfig.from_dict(d.to_dict()) == d  # config.json round trip
+
+
+def test_bad_config(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nonsense_key: 1\n")
+    with pytest.raises(AnivisionError, match="unknown config key"):
+        resolve_train_config(_opts(tmp_path, config=str(bad)))
+    with pytest.raises(AnivisionError, match="at least 1"):
+        resolve_train_config(_opts(tmp_path, epochs=0))
+    with pytest.raises(AnivisionError, match="unknown recipe"):
+        recipe_values("magic", "full")
+    with pytest.raises(AnivisionError, match="needs --out"):
+        resolve_train_config({**train_option_defaults(), "data": str(tmp_path)})
