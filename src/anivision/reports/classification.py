@@ -71,10 +71,10 @@ def write_report(
             ("epochs run (best)", f"{metrics['epochs_run']} ({metrics.get('best_epoch')})"),
             ("best validation", ", ".join(f"{k} {v:.4f}" for k, v in metrics.get("best_val", {}).items()) or "n/a (no validation split)"),
             ("average epoch time", f"{metrics.get('avg_epoch_seconds', 0):.2f} s"),
-            ("wall time of the run", f"{metrics.get('wall_seconds', 0):.1f} s (decoding, features, training, test)"),
             ("training throughput", f"{metrics.get('train_images_per_second', 0):.1f} images/s"
              + (" (head on cached features)" if metrics.get("feature_cache") else "")),
             ("parameters", f"{metrics.get('params_total', 0):,}"),
+            ("wall time of the run", f"{metrics['wall_seconds']:.1f} s (decoding, features, training, test)" if "wall_seconds" in metrics else "n/a"),
             ("trainable", f"{metrics.get('trainable_percent', 0):.2f}%"),
         ]
     if "inference_images_per_second" in metrics:
