@@ -40,6 +40,7 @@ from anivision.data.hashing import (
 )
 from anivision.data.images import load_image
 from anivision.data.splits import PARTS, read_split
+from anivision.engine.checkpoint import atomic_write_text
 from anivision.errors import AnivisionError
 
 #: Images with a shorter side below this many pixels are listed as tiny.
@@ -525,12 +526,6 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_check_report(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``check.md`` and ``check.json`` into ``out_dir`` (created if needed).
 
@@ -546,6 +541,6 @@ def write_check_report(result: dict[str, Any], out_dir: str | Path) -> tuple[Pat
         raise AnivisionError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     md_path, json_path = out / "check.md", out / "check.json"
-    _write_atomic(json_path, json.dumps(result, indent=2) + "\n")
-    _write_atomic(md_path, render_markdown(result))
+    atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(md_path, render_markdown(result))
     return md_path, json_path

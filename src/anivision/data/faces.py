@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from anivision.data.images import is_image_file, load_image
+from anivision.engine.checkpoint import atomic_write_text
 from anivision.errors import AnivisionError
 
 #: File name of the cascade shipped inside :mod:`anivision.data`.
@@ -222,9 +223,7 @@ def _list_sources(src: Path, dst: Path) -> tuple[Path, list[Path]]:
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def crop_faces(

@@ -42,6 +42,12 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, base_lr: float
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's global RNG (augmentation, dropout) and return a generator for shuffling."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
 def _debug_kill(step: int) -> None:
     # Test hook: simulate a run killed mid-epoch (power cut, OOM killer) at a given global step.
     at = os.environ.get("ANIVISION_KILL_AT_STEP")

@@ -32,7 +32,7 @@ from anivision.data.transforms import cache_size, eval_transform, train_transfor
 from anivision.embeddings import embed_paths, pick_device
 from anivision.engine.distributed import barrier, device_for, init_distributed
 from anivision.engine.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, load_weights, save_checkpoint, save_weights
-from anivision.engine.loop import evaluate_loss_acc, predict_logits, softmax_np, train_one_epoch, warmup_cosine
+from anivision.engine.loop import evaluate_loss_acc, predict_logits, seed_everything, softmax_np, train_one_epoch, warmup_cosine
 from anivision.errors import AnivisionError
 from anivision.models.backbone import DataConfig, count_parameters, create_backbone, data_config
 from anivision.models.classifier import Classifier
@@ -61,11 +61,6 @@ def prepare_split(cfg: TrainConfig, run_dir: Path) -> LabeledImages:
         images.splits = stratified_split(images.labels, images.classes, parse_ratios(cfg.ratios), cfg.seed)
         write_split(images, images.splits, saved)
     return images
-
-
-def _seed_everything(seed: int) -> torch.Generator:
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 # --------------------------------------------------------------------------------- models
@@ -176,7 +171,7 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         cfg.save(cfg_path)
 
     device = device_for(dinfo, cfg.device)
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     # Classes and split come first: the head's size depends on them. Under torchrun, rank 0
     # makes the split and fills the decoded-image cache; the others then read both.
     if dinfo.is_main:
@@ -256,7 +251,7 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             break
         # Reseed from (seed, epoch): an epoch's shuffling, augmentation and dropout do not depend
         # on whether the run was resumed, so a resumed run ends exactly where an uninterrupted one does.
-        gen = _seed_everything(cfg.seed * 1000 + epoch)
+        gen = seed_everything(cfg.seed * 1000 + epoch)
         if distributed:
             sampler = DistributedSampler(train_set, num_replicas=world, rank=dinfo.rank, shuffle=True, seed=cfg.seed, drop_last=drop_last)
             sampler.set_epoch(epoch)

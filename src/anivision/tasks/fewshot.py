@@ -41,6 +41,7 @@ from anivision.data.splits import PARTS, parse_ratios
 from anivision.data.transforms import AugmentConfig, cache_size, eval_transform, train_transform
 from anivision.embeddings import embed_paths, forward_batches, model_fingerprint, pick_device
 from anivision.engine.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, load_weights, save_checkpoint, save_weights
+from anivision.engine.loop import seed_everything
 from anivision.errors import AnivisionError
 from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, DataConfig, create_backbone, data_config
 
@@ -460,11 +461,6 @@ def multistep_lr(epoch: int, epochs: int, base_lr: float, milestones: Sequence[f
     return base_lr * gamma ** sum(epoch >= s for s in steps)
 
 
-def _seed_all(seed: int) -> torch.Generator:
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
 def _check_same_run(cfg_path: Path, cfg: FewShotTrainConfig) -> None:
     if not cfg_path.exists():
         return
@@ -504,7 +500,7 @@ def _pretrain_supervised(
     state = load_checkpoint(pdir / "checkpoint", model, opt) or {}
     ds = CachedImageDataset(decoded, train_idx, labels, train_transform(dcfg, cfg.augment()))
     for epoch in range(int(state.get("epoch", -1)) + 1, cfg.pretrain_epochs):
-        gen = _seed_all(cfg.seed * 1000 + 500 + epoch)
+        gen = seed_everything(cfg.seed * 1000 + 500 + epoch)
         for g in opt.param_groups:
             g["lr"] = multistep_lr(epoch, cfg.pretrain_epochs, cfg.lr, cfg.milestones, cfg.gamma)
         loader = DataLoader(ds, batch_size=cfg.pretrain_batch_size, shuffle=True, generator=gen, num_workers=cfg.workers)
@@ -578,7 +574,7 @@ def train_fewshot(cfg: FewShotTrainConfig, progress: bool = True) -> dict[str, A
     val_idx, val_labels, _ = select_classes(images, split.val, cfg.data)
 
     device = pick_device(cfg.device)
-    _seed_all(cfg.seed)
+    seed_everything(cfg.seed)
     backbone = create_backbone(cfg.backbone, cfg.weights, img_size=cfg.img_size)
     base = data_config(backbone, cfg.img_size)
     dcfg = DataConfig(base.img_size, base.mean, base.std, crop_pct=cfg.crop_pct)
@@ -628,7 +624,7 @@ def train_fewshot(cfg: FewShotTrainConfig, progress: bool = True) -> dict[str, A
 
     for epoch in range(start, cfg.epochs + 1):
         # Episodes and augmentation depend only on (seed, epoch): a resumed run matches an unbroken one.
-        _seed_all(cfg.seed * 1000 + epoch)
+        seed_everything(cfg.seed * 1000 + epoch)
         lr = multistep_lr(epoch - 1, cfg.epochs, cfg.lr, cfg.milestones, cfg.gamma)
         for g in optimizer.param_groups:
             g["lr"] = lr
