@@ -1,5 +1,7 @@
 """Train-config resolution: defaults < recipe < YAML < flags, and the recipes' published values."""
 
+import json
+
 import pytest
 
 from anivision.config import TrainConfig, recipe_values, resolve_train_config, train_option_defaults
@@ -56,3 +58,15 @@ def test_bad_config(tmp_path):
         recipe_values("magic", "full")
     with pytest.raises(AnivisionError, match="needs --out"):
         resolve_train_config({**train_option_defaults(), "data": str(tmp_path)})
+
+
+def test_config_saved_before_a_field_existed_still_matches(tmp_path):
+    from anivision.config import config_differences
+
+    cfg = resolve_train_config(train_option_defaults() | {"data": str(tmp_path), "out": str(tmp_path / "o")})
+    old = json.loads(json.dumps(cfg.to_dict()))
+    del old["prefix_cache"]  # a run folder written by an older anivision
+    assert config_differences(old, cfg) == []
+    old["epochs"] = cfg.epochs + 1
+    assert config_differences(old, cfg) == ["epochs"]
+    assert config_differences(old, cfg, ignore=("epochs",)) == []

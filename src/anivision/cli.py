@@ -64,6 +64,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unfreeze-every", type=int, help="progressive: epochs between unfreezing one more group (default 2)")
     p.add_argument("--progressive-groups", type=int, help="progressive: most top groups to unfreeze (default all)")
     p.add_argument("--no-feature-cache", action="store_true", help="linear probe: train through the frozen backbone with augmentation instead of on cached features")
+    p.add_argument(
+        "--prefix-cache", action="store_true",
+        help="partial: run the frozen bottom of the backbone once per image and train the top on its cached "
+        "activations (switches training augmentation off; other strategies ignore it)",
+    )
     p.add_argument("--workers", type=int, help="data-loading worker processes (default 0: best on a 2-core CPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--cache-dir", help="decoded-image and feature caches (default $ANIVISION_CACHE or ~/.cache/anivision)")

@@ -18,6 +18,10 @@ from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
 
 RECIPES = ("default", "fer", "aniwho")
 
+#: Training augmentation switched off: the train transform equals the eval transform.
+NO_AUGMENT = AugmentConfig(crop_scale=None, hflip=0.0, vflip=0.0, rotation=0.0, translate=0.0, zoom=0.0,
+                           color_jitter=(0.0, 0.0, 0.0, 0.0), random_erasing=0.0)
+
 #: User options of ``anivision train`` that set a :class:`TrainConfig` field directly.
 TRAIN_OPTION_KEYS: tuple[str, ...] = tuple(
     (
@@ -29,8 +33,9 @@ TRAIN_OPTION_KEYS: tuple[str, ...] = tuple(
 
 
 def train_option_defaults() -> dict[str, Any]:
-    """Every train option unset: the field options, plus ``config`` (YAML path) and ``no_feature_cache``."""
-    return {**{k: None for k in TRAIN_OPTION_KEYS}, "config": None, "no_feature_cache": False}
+    """Every train option unset: the field options, plus ``config`` (YAML path) and the two switches
+    ``no_feature_cache`` and ``prefix_cache``."""
+    return {**{k: None for k in TRAIN_OPTION_KEYS}, "config": None, "no_feature_cache": False, "prefix_cache": False}
 
 
 def resolve_train_config(options: Mapping[str, Any]) -> "TrainConfig":
@@ -39,7 +44,9 @@ def resolve_train_config(options: Mapping[str, Any]) -> "TrainConfig":
     Args:
         options: user options by name (see :func:`train_option_defaults`); ``None`` means not
             given. ``config`` is a YAML file of TrainConfig keys; ``no_feature_cache`` switches the
-            linear probe's feature cache off. Other keys are ignored.
+            linear probe's feature cache off; ``prefix_cache`` makes partial fine-tuning train on
+            cached activations of the frozen prefix, which switches training augmentation off
+            (other strategies ignore it). Other keys are ignored.
 
     Raises:
         AnivisionError: unreadable YAML, unknown keys, missing data/out, or bad values.
@@ -63,6 +70,8 @@ def resolve_train_config(options: Mapping[str, Any]) -> "TrainConfig":
             values[k] = options[k]
     if options.get("no_feature_cache"):
         values["feature_cache"] = False
+    if options.get("prefix_cache"):
+        values["prefix_cache"] = True
     if values.get("grad_clip") == 0:
         values["grad_clip"] = None
     strategy = values.get("strategy", TrainConfig.strategy)
@@ -71,6 +80,13 @@ def resolve_train_config(options: Mapping[str, Any]) -> "TrainConfig":
     base.update({k: (dataclasses.asdict(v) if k == "aug" else v) for k, v in recipe_values(recipe, strategy).items()})
     base.update(values)
     cfg = TrainConfig.from_dict(base)
+    if cfg.prefix_cache:
+        if cfg.strategy == "partial":
+            # Cached activations cannot be augmented: training images get the eval transform,
+            # and the saved config says so.
+            cfg.aug = NO_AUGMENT
+        else:
+            cfg.prefix_cache = False  # only partial fine-tuning has a prefix that stays frozen
     if not cfg.data and not cfg.split:
         raise AnivisionError("train needs --data DIR (or --split SPLIT.csv)")
     if not cfg.out:
@@ -125,6 +141,7 @@ class TrainConfig:
     unfreeze_every: int = 2
     progressive_groups: int | None = None
     feature_cache: bool = True
+    prefix_cache: bool = False
     aug: AugmentConfig = field(default_factory=lambda: AugmentConfig(rotation=0.0, color_jitter=(0.1, 0.1, 0.1, 0.0), random_erasing=0.0))
     workers: int = 0
     device: str | None = None
@@ -160,6 +177,19 @@ class TrainConfig:
         if not p.is_file():
             raise AnivisionError(f"{p}: no such config file")
         return cls.from_dict(json.loads(p.read_text()))
+
+
+def config_differences(old: Mapping[str, Any], cfg: "TrainConfig", ignore: tuple[str, ...] = ()) -> list[str]:
+    """Keys whose value in a saved ``config.json`` differs from ``cfg``.
+
+    A key missing from ``old`` (saved by an older anivision, before the field existed) counts as
+    that field's default, so adding a config field does not invalidate finished runs.
+    """
+    defaults = json.loads(json.dumps(TrainConfig().to_dict()))
+    new = json.loads(json.dumps(cfg.to_dict()))
+    return sorted(
+        k for k in set(old) | set(new) if old.get(k, defaults.get(k)) != new.get(k) and k not in ignore
+    )
 
 
 def recipe_values(recipe: str, strategy: str) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def forward_batches(
     desc: str = "embed",
     progress: bool = True,
 ) -> np.ndarray:
-    """Run ``model`` in eval mode over ``dataset``: returns (len(dataset), D) float32 outputs."""
+    """Run ``model`` in eval mode over ``dataset``: returns (len(dataset), ...) float32 outputs."""
     device = device or next(model.parameters()).device
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
@@ -87,20 +87,22 @@ def embed_paths(
     cache_dir: str | Path | None = None,
     device: torch.device | None = None,
     progress: bool = True,
+    desc: str = "embed",
 ) -> Embeddings:
     """Features of ``paths`` from ``backbone`` (eval transform, no augmentation).
 
     Args:
-        backbone: maps (B, 3, H, W) to (B, D).
+        backbone: maps (B, 3, H, W) to (B, D), or to any (B, ...) activations (a frozen prefix).
         paths: image files.
         cfg: input size and normalisation.
         batch_size: images per forward pass.
         cache_dir: feature and decoded-image cache folder; ``None`` disables caching.
         device: where to run; default: the backbone's device.
         progress: show progress bars.
+        desc: progress-bar label.
 
     Returns:
-        (N, D) features with the validity mask.
+        (N, D) (or (N, ...)) features with the validity mask.
     """
     feat_path = None
     if cache_dir is not None:
@@ -122,10 +124,10 @@ def embed_paths(
     decoded = decode_images(paths, cache_size(cfg), cache_dir=cache_dir, progress=progress)
     ds = CachedImageDataset(decoded, np.arange(len(paths)), None, eval_transform(cfg))
     was_training = backbone.training
-    feats_valid = forward_batches(backbone, ds, batch_size=batch_size, device=device, desc="embed", progress=progress)
+    feats_valid = forward_batches(backbone, ds, batch_size=batch_size, device=device, desc=desc, progress=progress)
     backbone.train(was_training)
-    dim = feats_valid.shape[1] if feats_valid.size else int(getattr(backbone, "num_features", 0))
-    features = np.zeros((len(paths), dim), dtype=np.float32)
+    shape = feats_valid.shape[1:] if feats_valid.size else (int(getattr(backbone, "num_features", 0)),)
+    features = np.zeros((len(paths), *shape), dtype=np.float32)
     features[decoded.valid] = feats_valid
     if feat_path is not None:
         tmp = feat_path.with_name(feat_path.name + f".{os.getpid()}.tmp.npz")

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from anivision.config import TrainConfig, resolve_train_config, train_option_defaults
+from anivision.config import TrainConfig, config_differences, resolve_train_config, train_option_defaults
 from anivision.errors import AnivisionError
 from anivision.models.backbone import LITE0_ARCH, LITE0_WEIGHTS
 
@@ -181,8 +181,7 @@ def _check_same_run(cfg: TrainConfig) -> None:
         old = json.loads(path.read_text())
     except ValueError:
         return  # unreadable: let train_classifier report it for this cell alone
-    new = json.loads(json.dumps(cfg.to_dict()))
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _MAY_DIFFER)
+    diff = config_differences(old, cfg, tuple(_MAY_DIFFER))
     if diff:
         raise AnivisionError(
             f"{cfg.out}: holds a run with different settings ({', '.join(diff)}); "

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from anivision.config import TrainConfig
+from anivision.config import TrainConfig, config_differences
 from anivision.data.cache import DecodedImages, decode_images, default_cache_dir
 from anivision.data.datasets import CachedImageDataset
 from anivision.data.folder import LabeledImages, expand_inputs, load_labeled
@@ -36,6 +36,7 @@ from anivision.engine.loop import evaluate_loss_acc, predict_logits, seed_everyt
 from anivision.errors import AnivisionError
 from anivision.models.backbone import DataConfig, count_parameters, create_backbone, data_config
 from anivision.models.classifier import Classifier
+from anivision.models.split import split_frozen_prefix
 from anivision.strategies import Strategy, backbone_groups, set_train_mode
 
 log = logging.getLogger(__name__)
@@ -160,8 +161,7 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     cfg_path = run_dir / "config.json"
     if dinfo.is_main and cfg_path.exists():
         old = json.loads(cfg_path.read_text())
-        new = json.loads(json.dumps(cfg.to_dict()))
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in ("device", "workers", "cache_dir"))
+        diff = config_differences(old, cfg, ("device", "workers", "cache_dir"))
         if diff:
             raise AnivisionError(f"{run_dir}: holds a run with a different config ({', '.join(diff)}); choose a new --out")
     if cfg_path.exists() and (run_dir / "metrics.json").exists():
@@ -197,6 +197,7 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     total_params, _ = count_parameters(model)
     trainable_frac = strategy.max_trainable_fraction(model, cfg.epochs)
     use_features = cfg.strategy == "linear_probe" and cfg.feature_cache
+    use_prefix = cfg.strategy == "partial" and cfg.prefix_cache
     if use_features and dinfo.enabled and not dinfo.is_main:
         # A head on cached features trains in seconds: rank 0 does it alone.
         return {}
@@ -216,6 +217,25 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         val_set = feature_set("val")
         trained: nn.Module = model.head
         optimizer = make_optimizer(cfg, model.head, None)
+    elif use_prefix:
+        # Partial fine-tuning without augmentation: the frozen bottom of the backbone gives every
+        # image the same activation in every epoch, so it runs once (cached on disk like features)
+        # and each epoch trains only the top. Rank 0 fills the cache; the other ranks read it.
+        strategy.apply(model, 0)
+        prefix, trained, n_prefix = split_frozen_prefix(model.backbone, model.head)
+        cache = cfg.cache_dir or default_cache_dir()
+        acts = None
+        if dinfo.is_main:
+            acts = embed_paths(prefix, data.images.paths, dcfg, batch_size=64, cache_dir=cache, device=device, progress=progress, desc="frozen prefix")
+        barrier(dinfo)
+        if acts is None:
+            acts = embed_paths(prefix, data.images.paths, dcfg, batch_size=64, cache_dir=cache, device=device, progress=False)
+        acts_t = torch.from_numpy(acts.features)
+        log.info("partial: %d frozen stage(s) cached, activations %s per image", n_prefix, tuple(acts_t.shape[1:]))
+        train_set = TensorDataset(acts_t[data.parts["train"]], torch.from_numpy(labels[data.parts["train"]]))
+        val_set = TensorDataset(acts_t[data.parts["val"]], torch.from_numpy(labels[data.parts["val"]]))
+        del acts, acts_t
+        optimizer = make_optimizer(cfg, model.head, model.backbone)
     else:
         train_set = CachedImageDataset(data.decoded, data.parts["train"], labels, train_transform(dcfg, cfg.aug))
         val_set = CachedImageDataset(data.decoded, data.parts["val"], labels, eval_transform(dcfg))
@@ -286,7 +306,8 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         if monitor == "none" or _improved(monitor, value, best):
             best, best_epoch, bad_epochs = value, epoch, 0
             if dinfo.is_main:
-                save_weights(trained, run_dir / ("head.safetensors" if use_features else "model.safetensors"))
+                # The suffix shares its modules with ``model``: saving ``model`` keeps the whole net.
+                save_weights(model if use_prefix else trained, run_dir / ("head.safetensors" if use_features else "model.safetensors"))
         else:
             bad_epochs += 1
         if cfg.schedule == "plateau" and has_val:
@@ -359,6 +380,7 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             "img_size": dcfg.img_size,
             "seed": cfg.seed,
             "feature_cache": use_features,
+            "prefix_cache": use_prefix,
             "device": str(device),
             "world_size": world,
             # Wall time of this invocation (a resumed run counts only its last part), including
