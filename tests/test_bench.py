@@ -166,3 +166,24 @@ def test_run_bench_rejects_grid_keys_in_base_args(tiny_data, tmp_path):
         run_bench(tiny_data, tmp_path / "b", [TINY_CNN], ["full"], [1], {"seed": 3}, progress=False)
     with pytest.raises(AnivisionError, match="unknown train option"):
         run_bench(tiny_data, tmp_path / "b", [TINY_CNN], ["full"], [1], {"img_sz": 3}, progress=False)
+
+
+def test_bench_under_torchrun_two_cpu_processes(tiny_data, tmp_path):
+    """torchrun + gloo: every cell is one 2-process job (the linear probe on rank 0 alone); rank 0 writes the grid."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp-bench"
+    args = ["-q", "bench", "--data", str(tiny_data), "--backbones", TINY_CNN, "--strategies", "linear_probe,partial,full",
+            "--seeds", "1", "--weights", "none", "--img-size", "32", "--epochs", "2", "--batch-size", "4",
+            "--prefix-cache", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541", "-m", "anivision.cli", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = _rows(out)
+    assert [(x["strategy"], x["status"]) for x in rows] == [("linear_probe", "ok"), ("partial", "ok"), ("full", "ok")]
+    assert [x["world_size"] for x in rows] == ["1", "2", "2"]  # the probe trains on cached features, on rank 0
+    assert rows[1]["prefix_cache"] == "True"
+    assert (out / "table.md").exists() and (out / "heatmap.png").exists()

@@ -126,6 +126,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     quiet = bool(getattr(args, "quiet", False))
     rows = run_bench(args.data, args.out, backbones, strategies, seeds, base_args, split=args.split,
                      progress=not quiet, weights_map=parse_weights_map(args.weights_map))
+    from anivision.engine.distributed import init_distributed
+
+    if not init_distributed().is_main:
+        return 0  # rank 0 writes the report
     report = write_bench_report(args.out, rows)
     n_failed = sum(r["status"] != "ok" for r in rows)
     print(f"bench: {len(rows) - n_failed}/{len(rows)} cells finished, {n_failed} failed -> {report}")

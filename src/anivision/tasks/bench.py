@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from anivision.config import TrainConfig, config_differences, resolve_train_config, train_option_defaults
+from anivision.engine.distributed import barrier, init_distributed
 from anivision.errors import AnivisionError
 from anivision.models.backbone import LITE0_ARCH, LITE0_WEIGHTS
 
@@ -241,7 +242,8 @@ def run_bench(
 
     Returns:
         One row per cell (see :data:`ID_COLUMNS` and :data:`METRIC_COLUMNS`); a failed cell has
-        ``status == "failed"``, its one-line ``error`` and no metrics.
+        ``status == "failed"``, its one-line ``error`` and no metrics. Under torchrun only rank
+        0's rows hold metrics.
 
     Raises:
         AnivisionError: a bad grid, bad train options or no usable split (nothing is trained).
@@ -258,8 +260,18 @@ def run_bench(
     if stray:
         raise AnivisionError(f"--weights-map names '{stray[0]}', which is not one of the backbones")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    split_csv = prepare_bench_split(out, str(data) if data else None, str(split) if split else None, base.get("ratios"), seeds[0])
+    # Under torchrun every process runs every cell (each cell is one DDP job); rank 0 alone makes
+    # the split and writes the grid's files.
+    dinfo = init_distributed()
+    if not dinfo.is_main:
+        progress = False
+    split_args = (str(data) if data else None, str(split) if split else None, base.get("ratios"), seeds[0])
+    if dinfo.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        split_csv = prepare_bench_split(out, *split_args)
+    barrier(dinfo)
+    if not dinfo.is_main:
+        split_csv = prepare_bench_split(out, *split_args)
 
     # Every config is built before anything trains: a bad option fails the command at once
     # instead of producing a grid of identical failures.
@@ -275,12 +287,13 @@ def run_bench(
                 )
                 _check_same_run(cfg)
                 cells.append((backbone, strategy, seed, weights, cfg))
-    atomic_write_json(
-        out / "bench_args.json",
-        {"data": str(data) if data else None, "split": str(split_csv), "backbones": backbones, "strategies": strategies,
-         "seeds": seeds, "base_args": {k: v for k, v in base.items() if v is not None}, "weights": common_weights,
-         "weights_map": weights_map},
-    )
+    if dinfo.is_main:
+        atomic_write_json(
+            out / "bench_args.json",
+            {"data": str(data) if data else None, "split": str(split_csv), "backbones": backbones, "strategies": strategies,
+             "seeds": seeds, "base_args": {k: v for k, v in base.items() if v is not None}, "weights": common_weights,
+             "weights_map": weights_map},
+        )
 
     rows: list[dict[str, Any]] = []
     n = len(cells)
@@ -308,6 +321,7 @@ def run_bench(
                 print(f"[{i}/{n}] {backbone} / {strategy} / seed {seed}: accuracy {100 * row['accuracy']:.2f}% ({how})", flush=True)
             else:
                 print(f"[{i}/{n}] {backbone} / {strategy} / seed {seed}: FAILED: {row['error']}", flush=True)
-        write_results_csv(out / "results.csv", rows)
-        write_failures(out / "failures.json", rows)
+        if dinfo.is_main:
+            write_results_csv(out / "results.csv", rows)
+            write_failures(out / "failures.json", rows)
     return rows

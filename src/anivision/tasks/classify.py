@@ -330,7 +330,10 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                  "plateau": plateau, "plateau_scale": plateau_scale[0], "history": history, "stopped": stopped,
                  "world_size": world},
             )
-        barrier(dinfo)
+        if distributed:
+            # Rank 0 has written the checkpoint before any rank starts the next epoch. (A linear
+            # probe on cached features trains on rank 0 alone: the others have already returned.)
+            barrier(dinfo)
         msg = f"epoch {epoch + 1}/{cfg.epochs}: train loss {stats.loss:.4f} acc {stats.accuracy:.4f}"
         if has_val:
             msg += f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
