@@ -130,3 +130,13 @@ def test_prefix_cache_run_resumes_after_kill(tiny_data, cache_dir, tmp_path):
     b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     for k in ("accuracy", "nll", "confusion_matrix"):
         assert a[k] == b[k], k
+
+
+def test_prefix_cache_that_would_not_fit_in_memory_is_refused(tiny_data, cache_dir, tmp_path, monkeypatch):
+    import anivision.tasks.classify as classify
+
+    monkeypatch.setattr(classify, "memory_budget_bytes", lambda: 1000)
+    cfg = _cfg(tiny_data, tmp_path / "big", cache_dir, prefix_cache=True)
+    with pytest.raises(AnivisionError, match="would take .* GiB for 36 images"):
+        train_classifier(cfg, progress=False)
+    assert not (cache_dir / "features").exists()  # refused before computing anything

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,38 @@ def _lr_function(cfg: TrainConfig, steps_per_epoch: int, plateau_scale: list[flo
     return lr_at
 
 
+def memory_budget_bytes() -> int | None:
+    """Half the machine's physical memory (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_prefix_memory(prefix: nn.Module, dcfg: DataConfig, n_images: int, device: torch.device) -> None:
+    """Refuse a prefix cache that would not fit in memory, before computing any of it.
+
+    The activations are held as float32 (N, ...) in RAM: tiny for a high cut of a small CNN
+    (Lite0 at 128 px: 12 KB per image) but large for a low cut or a ViT at 224 px
+    (197 x 768 floats = 0.6 MB per image for ViT-B/16).
+    """
+    budget = memory_budget_bytes()
+    if budget is None:
+        return
+    was_training = prefix.training
+    prefix.eval()
+    with torch.inference_mode():
+        shape = prefix(torch.zeros(1, 3, dcfg.img_size, dcfg.img_size, device=device)).shape[1:]
+    prefix.train(was_training)
+    need = n_images * math.prod(shape) * 4
+    if need > budget:
+        raise AnivisionError(
+            f"--prefix-cache: the frozen prefix's activations {tuple(shape)} would take {need / 2**30:.1f} GiB for "
+            f"{n_images} images, more than half this machine's memory; train without --prefix-cache, with fewer "
+            "--partial-groups or at a smaller --img-size"
+        )
+
+
 def _improved(monitor: str, value: float, best: float | None) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(value)
@@ -223,6 +256,7 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         # and each epoch trains only the top. Rank 0 fills the cache; the other ranks read it.
         strategy.apply(model, 0)
         prefix, trained, n_prefix = split_frozen_prefix(model.backbone, model.head)
+        _check_prefix_memory(prefix, dcfg, len(data.images.paths), device)
         cache = cfg.cache_dir or default_cache_dir()
         acts = None
         if dinfo.is_main:
