@@ -25,14 +25,12 @@ import resource
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets
 from torchvision import transforms as T
 
-from anivision.config import TrainConfig
 from anivision.data.cache import decode_images
 from anivision.data.datasets import CachedImageDataset
 from anivision.data.folder import scan_class_folders
@@ -162,8 +160,6 @@ def main() -> None:
     by_path = {k: [images.paths[i] for i in v] for k, v in parts.items()}
     bb = create_backbone(a.backbone, a.weights)
     cfg = data_config(bb, a.img_size)
-    from anivision.data.transforms import cache_size
-
     cfg = type(cfg)(cfg.img_size, cfg.mean, cfg.std, crop_pct=1.0)
 
     if "probe" not in skip:

@@ -69,7 +69,7 @@ def test_split_csv_roundtrip_and_hash_check(tmp_path):
 
 
 def test_manifest(tmp_path):
-    root = make_class_folders(tmp_path / "d", n_classes=2, n_per_class=2)
+    make_class_folders(tmp_path / "d", n_classes=2, n_per_class=2)
     m = tmp_path / "m.csv"
     m.write_text("path,label,split\nd/class0/img000.png,cat,train\nd/class1/img000.png,dog,test\n")
     imgs = read_manifest(m)
