@@ -187,3 +187,22 @@ def test_bench_under_torchrun_two_cpu_processes(tiny_data, tmp_path):
     assert [x["world_size"] for x in rows] == ["1", "2", "2"]  # the probe trains on cached features, on rank 0
     assert rows[1]["prefix_cache"] == "True"
     assert (out / "table.md").exists() and (out / "heatmap.png").exists()
+
+
+def test_time_left_comes_from_matching_finished_cells():
+    from anivision.tasks.bench import estimate_seconds_left, format_duration
+
+    done = [
+        {"backbone": "a", "strategy": "full", "status": "ok", "reused": False, "cell_seconds": 100.0},
+        {"backbone": "a", "strategy": "partial", "status": "ok", "reused": False, "cell_seconds": 40.0},
+        {"backbone": "b", "strategy": "full", "status": "ok", "reused": False, "cell_seconds": 300.0},
+        {"backbone": "b", "strategy": "partial", "status": "ok", "reused": True, "cell_seconds": 0.0},  # not timed
+        {"backbone": "c", "strategy": "full", "status": "failed", "reused": False, "cell_seconds": 1.0},
+    ]
+    # a/full: its own mean; b/partial: the other partial cells; d/progressive: all timed cells.
+    assert estimate_seconds_left(done, [("a", "full"), ("b", "partial"), ("d", "progressive")]) == pytest.approx(
+        100.0 + 40.0 + (100.0 + 40.0 + 300.0) / 3
+    )
+    assert estimate_seconds_left(done, []) is None
+    assert estimate_seconds_left(done[3:], [("a", "full")]) is None
+    assert [format_duration(x) for x in (40, 725, 11100)] == ["40s", "12m", "3h 05m"]

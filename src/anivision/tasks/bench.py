@@ -209,6 +209,45 @@ def metrics_row(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+def estimate_seconds_left(done: Sequence[Mapping[str, Any]], pending: Sequence[tuple[str, str]]) -> float | None:
+    """Rough time the pending cells will take, from the cells trained so far in this invocation.
+
+    A pending cell is expected to take as long as the mean of finished (not reused) cells of the
+    same backbone and strategy, else of the same strategy, else of all finished cells: a later
+    seed repeats the same work.
+
+    Args:
+        done: rows of finished cells (``backbone``, ``strategy``, ``status``, ``reused``, ``cell_seconds``).
+        pending: (backbone, strategy) of each cell still to run.
+
+    Returns:
+        Seconds, or None when nothing has been timed yet.
+    """
+    timed = [r for r in done if r.get("status") == "ok" and not r.get("reused")]
+    if not pending or not timed:
+        return None
+
+    def mean(rows: list[Mapping[str, Any]]) -> float | None:
+        return sum(float(r["cell_seconds"]) for r in rows) / len(rows) if rows else None
+
+    overall = mean(timed)
+    total = 0.0
+    for backbone, strategy in pending:
+        same = mean([r for r in timed if r["backbone"] == backbone and r["strategy"] == strategy])
+        if same is None:
+            same = mean([r for r in timed if r["strategy"] == strategy])
+        total += same if same is not None else float(overall or 0.0)
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """``3h 05m``, ``12m`` or ``40s``."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 60}m" if s >= 60 else f"{s}s"
+
+
 def run_bench(
     data: str | Path | None,
     out: str | Path,
@@ -316,11 +355,13 @@ def run_bench(
         row["cell_seconds"] = round(time.perf_counter() - t0, 3)
         rows.append(row)
         if progress:
+            left = estimate_seconds_left(rows, [(b, s) for b, s, *_ in cells[i:]])
+            eta = f"; about {format_duration(left)} left" if left else ""
             if row["status"] == "ok":
                 how = "reused" if reused else f"{row['cell_seconds']:.1f}s"
-                print(f"[{i}/{n}] {backbone} / {strategy} / seed {seed}: accuracy {100 * row['accuracy']:.2f}% ({how})", flush=True)
+                print(f"[{i}/{n}] {backbone} / {strategy} / seed {seed}: accuracy {100 * row['accuracy']:.2f}% ({how}{eta})", flush=True)
             else:
-                print(f"[{i}/{n}] {backbone} / {strategy} / seed {seed}: FAILED: {row['error']}", flush=True)
+                print(f"[{i}/{n}] {backbone} / {strategy} / seed {seed}: FAILED: {row['error']}{eta}", flush=True)
         if dinfo.is_main:
             write_results_csv(out / "results.csv", rows)
             write_failures(out / "failures.json", rows)
