@@ -119,6 +119,14 @@ def test_rerun_reuses_finished_cells(bench, monkeypatch):
     # Other settings on the same folder fail at once, before any cell, rather than cell by cell.
     assert main(_bench_args(bench["data"], out, bench["cache"], "--epochs", "2")) == 2
     assert _rows(out) == rows
+    # Cells moved into another folder (grids run separately, then merged) are reused when the
+    # split is the same file.
+    import shutil
+
+    moved = out.parent / "merged"
+    shutil.copytree(out / "runs", moved / "runs")
+    assert main(_bench_args(bench["data"], moved, bench["cache"], "--split", str(out / "split.csv"))) == 1
+    assert all(r["reused"] == "True" for r in _rows(moved) if r["backbone"] != "no_such_net")
 
 
 def test_paired_comparison_pools_seed_means(tmp_path):

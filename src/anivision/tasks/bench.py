@@ -43,7 +43,7 @@ METRIC_COLUMNS = (
 )
 
 #: Config keys that may change between runs of one grid (machine-specific, as in train_classifier).
-_MAY_DIFFER = frozenset({"device", "workers", "cache_dir"})
+_MAY_DIFFER = frozenset({"device", "workers", "cache_dir", "out"})  # "out": a moved or merged run folder
 
 #: Keys a cell sets itself; ``base_args`` must not hold them.
 _GRID_KEYS = frozenset({"data", "split", "out", "backbone", "strategy", "seed"})

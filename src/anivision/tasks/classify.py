@@ -194,7 +194,7 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     cfg_path = run_dir / "config.json"
     if dinfo.is_main and cfg_path.exists():
         old = json.loads(cfg_path.read_text())
-        diff = config_differences(old, cfg, ("device", "workers", "cache_dir"))
+        diff = config_differences(old, cfg, ("device", "workers", "cache_dir", "out"))  # a run folder may be moved
         if diff:
             raise AnivisionError(f"{run_dir}: holds a run with a different config ({', '.join(diff)}); choose a new --out")
     if cfg_path.exists() and (run_dir / "metrics.json").exists():
