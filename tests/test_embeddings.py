@@ -75,3 +75,26 @@ def test_decoded_cache_is_memory_mapped_and_lists_corrupt(tmp_path):
     assert isinstance(d2.pixels, np.memmap)  # read from disk, not held in RAM
     np.testing.assert_array_equal(np.asarray(d1.pixels), np.asarray(d2.pixels))
     assert d2.skipped == [str(bad)]
+
+
+def test_embedding_a_subset_of_rows(tmp_path):
+    root = make_class_folders(tmp_path / "d", n_classes=2, n_per_class=4)
+    paths = _paths(root)
+    (root / "class0" / "bad.png").write_bytes(b"not an image")
+    paths = sorted(paths + [str(root / "class0" / "bad.png")])
+    bad = paths.index(str(root / "class0" / "bad.png"))
+    cache = tmp_path / "cache"
+    torch.manual_seed(0)
+    bb = create_backbone(TINY_CNN, "none").eval()
+    cfg = data_config(bb, 32)
+    full = embed_paths(bb, paths, cfg, cache_dir=cache, progress=False)
+    good = [i for i in range(len(paths)) if i != bad]
+    rows = np.array([good[4], bad, good[0], good[6]])
+    sub = embed_paths(bb, paths, cfg, cache_dir=cache, progress=False, indices=rows)
+    assert sub.features.shape == (4, bb.num_features)
+    assert sub.valid.tolist() == [True, False, True, True] and sub.skipped == [paths[bad]]
+    np.testing.assert_allclose(sub.features, full.features[rows], rtol=1e-5, atol=1e-6)
+    # Another subset is another cache entry, not the first one's rows.
+    other = embed_paths(bb, paths, cfg, cache_dir=cache, progress=False, indices=rows[::-1])
+    np.testing.assert_allclose(other.features, full.features[rows[::-1]], rtol=1e-5, atol=1e-6)
+    assert _n_files(cache) == 3

@@ -137,6 +137,6 @@ def test_prefix_cache_that_would_not_fit_in_memory_is_refused(tiny_data, cache_d
 
     monkeypatch.setattr(classify, "memory_budget_bytes", lambda: 1000)
     cfg = _cfg(tiny_data, tmp_path / "big", cache_dir, prefix_cache=True)
-    with pytest.raises(AnivisionError, match="would take .* GiB for 36 images"):
+    with pytest.raises(AnivisionError, match="would take .* GiB for \\d+ images"):
         train_classifier(cfg, progress=False)
     assert not (cache_dir / "features").exists()  # refused before computing anything

@@ -88,6 +88,7 @@ def embed_paths(
     device: torch.device | None = None,
     progress: bool = True,
     desc: str = "embed",
+    indices: np.ndarray | None = None,
 ) -> Embeddings:
     """Features of ``paths`` from ``backbone`` (eval transform, no augmentation).
 
@@ -100,10 +101,13 @@ def embed_paths(
         device: where to run; default: the backbone's device.
         progress: show progress bars.
         desc: progress-bar label.
+        indices: embed only ``paths[indices]`` (rows in this order); the images are still decoded
+            through the cache of the whole ``paths`` list, so a subset reuses that cache.
 
     Returns:
-        (N, D) (or (N, ...)) features with the validity mask.
+        (N, D) (or (N, ...)) features with the validity mask; N = ``len(indices)`` when given.
     """
+    rows = np.arange(len(paths)) if indices is None else np.asarray(indices, dtype=np.int64)
     feat_path = None
     if cache_dir is not None:
         key_src = json.dumps(
@@ -111,6 +115,7 @@ def embed_paths(
                 "model": model_fingerprint(backbone),
                 "cfg": [cfg.img_size, list(cfg.mean), list(cfg.std), cfg.crop_pct],
                 "files": files_fingerprint(paths),
+                **({} if indices is None else {"rows": hashlib.sha1(rows.tobytes()).hexdigest()}),
             }
         )
         key = hashlib.sha1(key_src.encode()).hexdigest()[:20]
@@ -120,17 +125,18 @@ def embed_paths(
         if feat_path.exists():
             with np.load(feat_path) as z:
                 valid = z["valid"]
-                return Embeddings(z["features"], valid, [p for p, ok in zip(paths, valid) if not ok])
+                return Embeddings(z["features"], valid, [paths[i] for i, ok in zip(rows, valid) if not ok])
     decoded = decode_images(paths, cache_size(cfg), cache_dir=cache_dir, progress=progress)
-    ds = CachedImageDataset(decoded, np.arange(len(paths)), None, eval_transform(cfg))
+    ds = CachedImageDataset(decoded, rows, None, eval_transform(cfg))
     was_training = backbone.training
     feats_valid = forward_batches(backbone, ds, batch_size=batch_size, device=device, desc=desc, progress=progress)
     backbone.train(was_training)
     shape = feats_valid.shape[1:] if feats_valid.size else (int(getattr(backbone, "num_features", 0)),)
-    features = np.zeros((len(paths), *shape), dtype=np.float32)
-    features[decoded.valid] = feats_valid
+    valid = decoded.valid[rows]
+    features = np.zeros((len(rows), *shape), dtype=np.float32)
+    features[valid] = feats_valid
     if feat_path is not None:
         tmp = feat_path.with_name(feat_path.name + f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, features=features, valid=decoded.valid)
+        np.savez(tmp, features=features, valid=valid)
         os.replace(tmp, feat_path)
-    return Embeddings(features, decoded.valid.copy(), decoded.skipped)
+    return Embeddings(features, valid.copy(), [paths[i] for i, ok in zip(rows, valid) if not ok])

@@ -256,18 +256,22 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         # and each epoch trains only the top. Rank 0 fills the cache; the other ranks read it.
         strategy.apply(model, 0)
         prefix, trained, n_prefix = split_frozen_prefix(model.backbone, model.head)
-        _check_prefix_memory(prefix, dcfg, len(data.images.paths), device)
+        # Only training and validation images need activations: the test split is scored once
+        # by the whole network with the best weights.
+        tv = np.concatenate([data.parts["train"], data.parts["val"]])
+        _check_prefix_memory(prefix, dcfg, len(tv), device)
         cache = cfg.cache_dir or default_cache_dir()
         acts = None
         if dinfo.is_main:
-            acts = embed_paths(prefix, data.images.paths, dcfg, batch_size=64, cache_dir=cache, device=device, progress=progress, desc="frozen prefix")
+            acts = embed_paths(prefix, data.images.paths, dcfg, batch_size=64, cache_dir=cache, device=device, progress=progress, desc="frozen prefix", indices=tv)
         barrier(dinfo)
         if acts is None:
-            acts = embed_paths(prefix, data.images.paths, dcfg, batch_size=64, cache_dir=cache, device=device, progress=False)
+            acts = embed_paths(prefix, data.images.paths, dcfg, batch_size=64, cache_dir=cache, device=device, progress=False, indices=tv)
         acts_t = torch.from_numpy(acts.features)
         log.info("partial: %d frozen stage(s) cached, activations %s per image", n_prefix, tuple(acts_t.shape[1:]))
-        train_set = TensorDataset(acts_t[data.parts["train"]], torch.from_numpy(labels[data.parts["train"]]))
-        val_set = TensorDataset(acts_t[data.parts["val"]], torch.from_numpy(labels[data.parts["val"]]))
+        n_train = len(data.parts["train"])
+        train_set = TensorDataset(acts_t[:n_train], torch.from_numpy(labels[data.parts["train"]]))
+        val_set = TensorDataset(acts_t[n_train:], torch.from_numpy(labels[data.parts["val"]]))
         del acts, acts_t
         optimizer = make_optimizer(cfg, model.head, model.backbone)
     else:
