@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from anivision.commands import print_help_when_bare
 from anivision.data.checks import DEFAULT_MIN_SIZE, check_dataset, has_blocking_problems, write_check_report
 from anivision.data.hashing import PHASH_THRESHOLD
 from anivision.errors import AnivisionError
@@ -19,8 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """
     data = subparsers.add_parser("data", help="dataset tools: check a dataset before training on it")
     sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
-    # `anivision data` alone prints its help instead of failing with a bare usage line.
-    data.set_defaults(func=lambda args: _print_help(data))
+    print_help_when_bare(data)
 
     p = sub.add_parser(
         "check",
@@ -45,11 +45,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="processes decoding images (default 1; on 2 shared cores more did not pay)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run_check)
-
-
-def _print_help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 def default_out_dir(data: str | Path) -> Path:

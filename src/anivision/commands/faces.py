@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from anivision.commands import print_help_when_bare
 from anivision.data.faces import CascadeDetector, crop_faces
 
 
@@ -15,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """
     faces = subparsers.add_parser("faces", help="face tools: detect and crop anime faces")
     sub = faces.add_subparsers(dest="faces_command", metavar="FACES_COMMAND")
-    faces.set_defaults(func=lambda args: _print_help(faces))
+    print_help_when_bare(faces)
 
     p = sub.add_parser(
         "crop",
@@ -41,11 +42,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="overlapping detections needed per face (default 5; lower finds more, and more false ones)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_crop)
-
-
-def _print_help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 def run_crop(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from anivision.commands import print_help_when_bare
 from anivision.errors import AnivisionError
 
 
@@ -31,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fewshot {train,evaluate}``, ``enroll`` and ``identify``."""
     fs = subparsers.add_parser("fewshot", help="few-shot character recognition: prototypical networks (train, evaluate)")
     sub = fs.add_subparsers(dest="fewshot_command", metavar="{train,evaluate}")
-    fs.set_defaults(func=lambda args: _help(fs))
+    print_help_when_bare(fs)
 
     p = sub.add_parser("train", help="meta-train a backbone on episodes of class-disjoint training classes")
     p.add_argument("--data", required=True, help="class-per-folder dataset (one folder per character)")
@@ -95,11 +96,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device")
     p.add_argument("--out", help="CSV path,pred_1,dist_1,...,pred_K,dist_K (default: print)")
     p.set_defaults(func=cmd_identify)
-
-
-def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 def cmd_train(args: argparse.Namespace) -> int:

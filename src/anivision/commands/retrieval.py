@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from anivision.commands import print_help_when_bare
 from anivision.errors import AnivisionError
 
 
@@ -218,7 +219,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "into query and gallery roles; works are split into k folds.",
     )
     sub = top.add_subparsers(dest="retrieval_command", metavar="SUBCOMMAND")
-    top.set_defaults(func=lambda a: (top.print_help(), 2)[1])
+    print_help_when_bare(top)
 
     p = sub.add_parser("train", help="train a re-ID model per fold (resumable) and evaluate it")
     p.add_argument("--data", required=True, help="ROOT/<work>/<role>/<image> folder or path,work,role CSV")
