@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,12 @@ def make_class_folders(root: Path, n_classes: int = 3, n_per_class: int = 12, si
             arr = np.clip(base + noise, 0, 255).astype(np.uint8)
             Image.fromarray(arr).save(d / f"img{j:03d}.png")
     return root
+
+
+def run_cli(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m anivision.cli ARGS`` in a subprocess (for exit codes, stderr and killed runs)."""
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "anivision.cli", *args], capture_output=True, text=True, env=env)
 
 
 @pytest.fixture()

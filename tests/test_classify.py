@@ -11,7 +11,7 @@ from PIL import Image
 
 from anivision.cli import main
 
-from conftest import TINY_CNN, TINY_VIT, make_class_folders
+from conftest import TINY_CNN, TINY_VIT, make_class_folders, run_cli
 
 
 def _train_args(data, out, cache, *extra):
@@ -79,17 +79,12 @@ def test_evaluate_on_folder_and_predict(tiny_data, cache_dir, tmp_path):
         assert 0 <= float(r["prob_2"]) <= float(r["prob_1"]) <= 1
 
 
-def _run_cli(args, env_extra=None):
-    env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "anivision.cli", *args], capture_output=True, text=True, env=env)
-
-
 def test_resume_after_kill_matches_uninterrupted(tiny_data, cache_dir, tmp_path):
     common = ["--epochs", "3", "--strategy", "progressive", "--unfreeze-every", "1", "--dropout", "0.3"]
     full_out, killed_out = tmp_path / "full", tmp_path / "killed"
     assert main(_train_args(tiny_data, full_out, cache_dir, *common)) == 0
     # 24 training images, batch 8 -> 3 steps per epoch; step 7 is in the middle of epoch 3.
-    r = _run_cli(_train_args(tiny_data, killed_out, cache_dir, *common), {"ANIVISION_KILL_AT_STEP": "7"})
+    r = run_cli(_train_args(tiny_data, killed_out, cache_dir, *common), {"ANIVISION_KILL_AT_STEP": "7"})
     assert r.returncode != 0
     assert not (killed_out / "metrics.json").exists()
     state = json.loads((killed_out / "checkpoint" / "state.json").read_text())
@@ -141,7 +136,7 @@ def test_bad_input_gives_one_line_and_exit_2(args, words, tiny_data, tmp_path, c
 
 
 def test_cli_subprocess_no_traceback(tmp_path):
-    r = _run_cli(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    r = run_cli(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
     assert r.returncode == 2 and "Traceback" not in r.stderr and "missing" in r.stderr
 
 

@@ -16,7 +16,7 @@ from anivision.models.split import split_frozen_prefix
 from anivision.strategies import Strategy, backbone_groups
 from anivision.tasks.classify import train_classifier
 
-from conftest import TINY_CNN, TINY_VIT
+from conftest import TINY_CNN, TINY_VIT, run_cli
 
 
 def _tiny_resnet() -> nn.Module:
@@ -112,18 +112,13 @@ def test_prefix_cache_flag_at_the_cli(tiny_data, cache_dir, tmp_path):
 
 
 def test_prefix_cache_run_resumes_after_kill(tiny_data, cache_dir, tmp_path):
-    import os
-    import subprocess
-    import sys
-
     def args(out):
         return ["-q", "train", "--data", str(tiny_data), "--backbone", TINY_CNN, "--weights", "none", "--img-size", "32",
                 "--batch-size", "8", "--cache-dir", str(cache_dir), "--epochs", "3", "--strategy", "partial",
                 "--partial-groups", "2", "--prefix-cache", "--out", str(out)]
 
     assert main(args(tmp_path / "whole")) == 0
-    env = dict(os.environ, ANIVISION_KILL_AT_STEP="7")  # mid-epoch 3 (3 steps per epoch)
-    r = subprocess.run([sys.executable, "-m", "anivision.cli", *args(tmp_path / "killed")], capture_output=True, text=True, env=env)
+    r = run_cli(args(tmp_path / "killed"), {"ANIVISION_KILL_AT_STEP": "7"})  # mid-epoch 3 (3 steps per epoch)
     assert r.returncode != 0 and not (tmp_path / "killed" / "metrics.json").exists()
     assert main(args(tmp_path / "killed")) == 0
     a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
