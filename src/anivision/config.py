@@ -179,6 +179,11 @@ class TrainConfig:
         return cls.from_dict(json.loads(p.read_text()))
 
 
+#: Config keys that may differ when a run folder is resumed or reused: they do not change results
+#: (``out``: a run folder may be moved, or cells of separate grids merged into one folder).
+RUNTIME_KEYS: tuple[str, ...] = ("device", "workers", "cache_dir", "out")
+
+
 def config_differences(old: Mapping[str, Any], cfg: "TrainConfig", ignore: tuple[str, ...] = ()) -> list[str]:
     """Keys whose value in a saved ``config.json`` differs from ``cfg``.
 

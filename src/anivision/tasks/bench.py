@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from anivision.config import TrainConfig, config_differences, resolve_train_config, train_option_defaults
+from anivision.config import RUNTIME_KEYS, TrainConfig, config_differences, resolve_train_config, train_option_defaults
 from anivision.engine.distributed import barrier, init_distributed
 from anivision.errors import AnivisionError
 from anivision.models.backbone import LITE0_ARCH, LITE0_WEIGHTS
@@ -41,9 +41,6 @@ METRIC_COLUMNS = (
     "avg_epoch_seconds", "train_images_per_second", "inference_images_per_second", "latency_ms",
     "params_total", "trainable_percent",
 )
-
-#: Config keys that may change between runs of one grid (machine-specific, as in train_classifier).
-_MAY_DIFFER = frozenset({"device", "workers", "cache_dir", "out"})  # "out": a moved or merged run folder
 
 #: Keys a cell sets itself; ``base_args`` must not hold them.
 _GRID_KEYS = frozenset({"data", "split", "out", "backbone", "strategy", "seed"})
@@ -173,7 +170,7 @@ def _check_same_run(cfg: TrainConfig) -> None:
 
     ``train_classifier`` refuses such a folder too, but only when the cell runs: changing, say,
     ``--epochs`` on a rerun would otherwise turn the whole grid into identical failures.
-    The keys that may differ are those ``train_classifier`` ignores as well.
+    The keys that may differ are :data:`anivision.config.RUNTIME_KEYS`, as in ``train_classifier``.
     """
     path = Path(cfg.out) / "config.json"
     if not path.exists():
@@ -182,7 +179,7 @@ def _check_same_run(cfg: TrainConfig) -> None:
         old = json.loads(path.read_text())
     except ValueError:
         return  # unreadable: let train_classifier report it for this cell alone
-    diff = config_differences(old, cfg, tuple(_MAY_DIFFER))
+    diff = config_differences(old, cfg, RUNTIME_KEYS)
     if diff:
         raise AnivisionError(
             f"{cfg.out}: holds a run with different settings ({', '.join(diff)}); "

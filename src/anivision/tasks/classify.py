@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from anivision.config import TrainConfig, config_differences
+from anivision.config import RUNTIME_KEYS, TrainConfig, config_differences
 from anivision.data.cache import DecodedImages, decode_images, default_cache_dir
 from anivision.data.datasets import CachedImageDataset
 from anivision.data.folder import LabeledImages, expand_inputs, load_labeled
@@ -194,7 +194,7 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     cfg_path = run_dir / "config.json"
     if dinfo.is_main and cfg_path.exists():
         old = json.loads(cfg_path.read_text())
-        diff = config_differences(old, cfg, ("device", "workers", "cache_dir", "out"))  # a run folder may be moved
+        diff = config_differences(old, cfg, RUNTIME_KEYS)
         if diff:
             raise AnivisionError(f"{run_dir}: holds a run with a different config ({', '.join(diff)}); choose a new --out")
     if cfg_path.exists() and (run_dir / "metrics.json").exists():
@@ -272,7 +272,6 @@ def train_classifier(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         n_train = len(data.parts["train"])
         train_set = TensorDataset(acts_t[:n_train], torch.from_numpy(labels[data.parts["train"]]))
         val_set = TensorDataset(acts_t[n_train:], torch.from_numpy(labels[data.parts["val"]]))
-        del acts, acts_t
         optimizer = make_optimizer(cfg, model.head, model.backbone)
     else:
         train_set = CachedImageDataset(data.decoded, data.parts["train"], labels, train_transform(dcfg, cfg.aug))
