@@ -132,7 +132,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for path, reason in skipped.items():
         print(f"skipped: {reason}", file=sys.stderr)
     if args.out:
-        from anivision.engine.checkpoint import atomic_write_csv
+        from anivision.files import atomic_write_csv
 
         out = Path(args.out)
         atomic_write_csv(out, rows, list(rows[0].keys()) if rows else ["path"])

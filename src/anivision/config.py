@@ -1,263 +1,104 @@
-"""Typed training configuration and the named recipes.
+"""What every run configuration shares: JSON round trips, YAML files and the same-run rule.
 
-Only the CLI builds a :class:`TrainConfig` from YAML and flags; library functions take the
-typed object. The resolved config is saved as ``config.json`` beside every run.
+Each task's config is a dataclass that mixes in :class:`RunConfig` (``TrainConfig`` for
+classification, ``FewShotTrainConfig``, ``RetrievalConfig``) and names its ``RUNTIME_KEYS``:
+settings that may change when a run folder is resumed or reused because they do not change
+results (device, workers, cache folder, the folder's own path). Library functions take the
+typed object; only the CLI merges YAML files and flags into one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping, TypeVar
 
-from anivision.data.transforms import AugmentConfig
+import yaml
+
 from anivision.errors import AnivisionError
-from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
+from anivision.files import atomic_write_json
 
-RECIPES = ("default", "fer", "aniwho")
-
-#: Training augmentation switched off: the train transform equals the eval transform.
-NO_AUGMENT = AugmentConfig(crop_scale=None, hflip=0.0, vflip=0.0, rotation=0.0, translate=0.0, zoom=0.0,
-                           color_jitter=(0.0, 0.0, 0.0, 0.0), random_erasing=0.0)
-
-#: User options of ``anivision train`` that set a :class:`TrainConfig` field directly.
-TRAIN_OPTION_KEYS: tuple[str, ...] = tuple(
-    (
-        "data split ratios backbone weights strategy recipe img_size epochs batch_size seed lr_head lr_backbone "
-        "weight_decay optimizer schedule warmup_epochs patience monitor grad_clip dropout label_smoothing "
-        "partial_groups unfreeze_every progressive_groups workers device cache_dir out"
-    ).split()
-)
+C = TypeVar("C", bound="RunConfig")
 
 
-def train_option_defaults() -> dict[str, Any]:
-    """Every train option unset: the field options, plus ``config`` (YAML path) and the two switches
-    ``no_feature_cache`` and ``prefix_cache``."""
-    return {**{k: None for k in TRAIN_OPTION_KEYS}, "config": None, "no_feature_cache": False, "prefix_cache": False}
+class RunConfig:
+    """Mixin for config dataclasses whose fields all have defaults."""
 
-
-def resolve_train_config(options: Mapping[str, Any]) -> "TrainConfig":
-    """Merge defaults < recipe (for the chosen strategy) < YAML file < options into a TrainConfig.
-
-    Args:
-        options: user options by name (see :func:`train_option_defaults`); ``None`` means not
-            given. ``config`` is a YAML file of TrainConfig keys; ``no_feature_cache`` switches the
-            linear probe's feature cache off; ``prefix_cache`` makes partial fine-tuning train on
-            cached activations of the frozen prefix, which switches training augmentation off
-            (other strategies ignore it). Other keys are ignored.
-
-    Raises:
-        AnivisionError: unreadable YAML, unknown keys, missing data/out, or bad values.
-    """
-    import yaml
-
-    values: dict[str, Any] = {}
-    if options.get("config"):
-        p = Path(options["config"])
-        if not p.is_file():
-            raise AnivisionError(f"{p}: no such config file")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise AnivisionError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-        if not isinstance(loaded, dict):
-            raise AnivisionError(f"{p}: expected a mapping of config keys")
-        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
-    for k in TRAIN_OPTION_KEYS:
-        if options.get(k) is not None:
-            values[k] = options[k]
-    if options.get("no_feature_cache"):
-        values["feature_cache"] = False
-    if options.get("prefix_cache"):
-        values["prefix_cache"] = True
-    if values.get("grad_clip") == 0:
-        values["grad_clip"] = None
-    strategy = values.get("strategy", TrainConfig.strategy)
-    recipe = values.get("recipe", "default")
-    base = TrainConfig().to_dict()
-    base.update({k: (dataclasses.asdict(v) if k == "aug" else v) for k, v in recipe_values(recipe, strategy).items()})
-    base.update(values)
-    cfg = TrainConfig.from_dict(base)
-    if cfg.prefix_cache:
-        if cfg.strategy == "partial":
-            # Cached activations cannot be augmented: training images get the eval transform,
-            # and the saved config says so.
-            cfg.aug = NO_AUGMENT
-        else:
-            cfg.prefix_cache = False  # only partial fine-tuning has a prefix that stays frozen
-    if not cfg.data and not cfg.split:
-        raise AnivisionError("train needs --data DIR (or --split SPLIT.csv)")
-    if not cfg.out:
-        raise AnivisionError("train needs --out RUN_DIR")
-    if cfg.data and not Path(cfg.data).exists():
-        raise AnivisionError(f"{cfg.data}: no such dataset folder or manifest")
-    for name in ("epochs", "batch_size", "img_size"):
-        if getattr(cfg, name) < 1:
-            raise AnivisionError(f"--{name.replace('_', '-')} must be at least 1")
-    return cfg
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a classification run.
-
-    Learning rates: ``lr_head`` for the new linear layer, ``lr_backbone`` for the backbone
-    (differential learning rates). ``schedule`` is ``cosine`` (linear warmup for
-    ``warmup_epochs`` then cosine to ``min_lr``, per step), ``plateau`` (ReduceLROnPlateau on
-    the monitored validation value) or ``constant``.
-    """
-
-    data: str = ""
-    out: str = ""
-    split: str | None = None
-    ratios: str = "70/15/15"
-    backbone: str = DEFAULT_BACKBONE
-    weights: str = DEFAULT_WEIGHTS
-    strategy: str = "full"
-    recipe: str = "default"
-    img_size: int = 128
-    crop_pct: float = 1.0
-    epochs: int = 10
-    batch_size: int = 32
-    seed: int = 42
-    optimizer: str = "adamw"
-    lr_head: float = 3e-3
-    lr_backbone: float = 5e-4
-    weight_decay: float = 0.02
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    min_lr: float = 1e-6
-    plateau_factor: float = 0.2
-    plateau_patience: int = 3
-    grad_clip: float | None = 1.0
-    patience: int = 5
-    monitor: str = "val_acc"
-    dropout: float = 0.2
-    label_smoothing: float = 0.1
-    partial_groups: int = 1
-    unfreeze_every: int = 2
-    progressive_groups: int | None = None
-    feature_cache: bool = True
-    prefix_cache: bool = False
-    aug: AugmentConfig = field(default_factory=lambda: AugmentConfig(rotation=0.0, color_jitter=(0.1, 0.1, 0.1, 0.0), random_erasing=0.0))
-    workers: int = 0
-    device: str | None = None
-    cache_dir: str | None = None
-    channels_last: bool = True
+    #: Keys that may differ between a saved ``config.json`` and the run that reuses its folder.
+    RUNTIME_KEYS: ClassVar[tuple[str, ...]] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+    def known_keys(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls: type[C], d: Mapping[str, Any], source: str = "config") -> C:
+        """Build from a JSON/YAML mapping; lists become tuples where the default is a tuple.
+
+        Raises:
+            AnivisionError: a key this version does not know (named with ``source``).
+        """
+        unknown = sorted(set(d) - cls.known_keys())
         if unknown:
-            raise AnivisionError(f"unknown config key(s): {', '.join(unknown)}")
-        if isinstance(d.get("aug"), dict):
-            aug = dict(d["aug"])
-            for k in ("crop_scale", "color_jitter"):
-                if isinstance(aug.get(k), list):
-                    aug[k] = tuple(aug[k])
-            d["aug"] = AugmentConfig(**aug)
-        return cls(**d)
+            raise AnivisionError(f"{source}: unknown config key(s) {', '.join(unknown)} (made by another anivision version?)")
+        values = dict(d)
+        defaults = cls().to_dict()  # type: ignore[call-arg]
+        for k, v in values.items():
+            if isinstance(v, list) and isinstance(defaults.get(k), tuple):
+                values[k] = tuple(v)
+        return cls(**cls._coerce(values))  # type: ignore[call-arg]
+
+    @classmethod
+    def _coerce(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """Hook for nested dataclasses (e.g. the augmentation settings)."""
+        return values
 
     def save(self, path: str | Path) -> None:
-        from anivision.engine.checkpoint import atomic_write_json
-
         atomic_write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
+    def load(cls: type[C], path: str | Path) -> C:
         p = Path(path)
         if not p.is_file():
             raise AnivisionError(f"{p}: no such config file")
-        return cls.from_dict(json.loads(p.read_text()))
+        try:
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise AnivisionError(f"{p}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+        return cls.from_dict(d, source=str(p))
+
+    def differences(self, old: Mapping[str, Any], source: str = "config.json") -> list[str]:
+        """Keys whose value in a saved config differs from this one, runtime keys aside.
+
+        The same-run rule, one for every task: a key missing from ``old`` (saved by an older
+        anivision, before the field existed) counts as its default; a key this version does not
+        know is an error, because its meaning cannot be checked.
+        """
+        unknown = sorted(set(old) - self.known_keys())
+        if unknown:
+            raise AnivisionError(f"{source}: unknown config key(s) {', '.join(unknown)}; this run folder was made by another anivision version")
+        defaults = json.loads(json.dumps(type(self)().to_dict(), default=list))  # type: ignore[call-arg]
+        new = json.loads(json.dumps(self.to_dict(), default=list))
+        return sorted(k for k in new if k not in self.RUNTIME_KEYS and old.get(k, defaults[k]) != new[k])
 
 
-#: Config keys that may differ when a run folder is resumed or reused: they do not change results
-#: (``out``: a run folder may be moved, or cells of separate grids merged into one folder).
-RUNTIME_KEYS: tuple[str, ...] = ("device", "workers", "cache_dir", "out")
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file of config keys (``-`` in keys read as ``_``).
 
-
-def config_differences(old: Mapping[str, Any], cfg: "TrainConfig", ignore: tuple[str, ...] = ()) -> list[str]:
-    """Keys whose value in a saved ``config.json`` differs from ``cfg``.
-
-    A key missing from ``old`` (saved by an older anivision, before the field existed) counts as
-    that field's default, so adding a config field does not invalidate finished runs.
+    Raises:
+        AnivisionError: missing file, invalid YAML or not a mapping.
     """
-    defaults = json.loads(json.dumps(TrainConfig().to_dict()))
-    new = json.loads(json.dumps(cfg.to_dict()))
-    return sorted(
-        k for k in set(old) | set(new) if old.get(k, defaults.get(k)) != new.get(k) and k not in ignore
-    )
-
-
-def recipe_values(recipe: str, strategy: str) -> dict[str, Any]:
-    """Hyper-parameters of a named recipe for one strategy (flags override them).
-
-    ``fer``: the anime facial-expression study (ViT vs CNN, 2026). ``aniwho``: AniWho (2022).
-    ``default``: anivision's CPU-friendly defaults (128 px, short cosine schedule).
-    """
-    if recipe not in RECIPES:
-        raise AnivisionError(f"unknown recipe '{recipe}' (choose from {', '.join(RECIPES)})")
-    if recipe == "default":
-        v: dict[str, Any] = {}
-        if strategy == "linear_probe":
-            v.update(lr_head=3e-3, epochs=20, warmup_epochs=0.0, label_smoothing=0.0)
-        return v
-    if recipe == "fer":
-        v = dict(
-            optimizer="adamw",
-            weight_decay=1e-4,
-            batch_size=32,
-            seed=42,
-            monitor="val_acc",
-            label_smoothing=0.0,
-            dropout=0.2,
-            crop_pct=224 / 256,
-            img_size=224,
-            aug=AugmentConfig(
-                crop_scale=(0.8, 1.0), hflip=0.5, rotation=10.0, color_jitter=(0.2, 0.2, 0.2, 0.05), random_erasing=0.1
-            ),
-        )
-        per = {
-            "linear_probe": dict(lr_head=1e-3, lr_backbone=0.0, epochs=20, patience=5, schedule="constant", warmup_epochs=0.0, grad_clip=None),
-            "partial": dict(lr_head=1e-3, lr_backbone=1e-4, epochs=30, patience=7, schedule="constant", warmup_epochs=0.0, grad_clip=None),
-            "full": dict(lr_head=1e-3, lr_backbone=1e-5, epochs=40, patience=10, schedule="cosine", warmup_epochs=3.0, grad_clip=1.0),
-            # The study holds the progressive schedule constant across models; it uses the full
-            # fine-tuning optimiser settings with groups unfrozen from the top.
-            "progressive": dict(lr_head=1e-3, lr_backbone=1e-4, epochs=40, patience=10, schedule="cosine", warmup_epochs=3.0, grad_clip=1.0, unfreeze_every=3),
-        }
-        v.update(per[strategy])
-        return v
-    # aniwho
-    return dict(
-        optimizer="sgd",
-        momentum=0.9,
-        lr_head=0.005,
-        lr_backbone=0.005,
-        weight_decay=0.0,
-        schedule="plateau",
-        plateau_factor=0.2,
-        plateau_patience=3,
-        min_lr=1e-5,
-        monitor="val_loss",
-        patience=6,
-        epochs=100,
-        dropout=0.2,
-        label_smoothing=0.0,
-        img_size=96,
-        crop_pct=1.0,
-        warmup_epochs=0.0,
-        grad_clip=None,
-        aug=AugmentConfig(
-            # Keras RandomRotation(0.4) is a fraction of a full turn: +/- 0.4 * 360 = 144 degrees.
-            crop_scale=None, hflip=0.5, vflip=0.5, rotation=144.0,
-            translate=0.2, zoom=0.2, color_jitter=(0.0, 0.2, 0.0, 0.0), random_erasing=0.0,
-        ),
-    )
+    p = Path(path)
+    if not p.is_file():
+        raise AnivisionError(f"{p}: no such config file")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise AnivisionError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(loaded, dict):
+        raise AnivisionError(f"{p}: expected a mapping of config keys")
+    return {str(k).replace("-", "_"): v for k, v in loaded.items()}

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from anivision.data.cache import decode_images, files_fingerprint
 from anivision.data.datasets import CachedImageDataset
 from anivision.data.transforms import cache_size, eval_transform
-from anivision.models.backbone import DataConfig
+from anivision.data.transforms import DataConfig
 
 
 @dataclass

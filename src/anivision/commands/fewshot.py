@@ -187,7 +187,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
         print(f"skipped: {reason}", file=sys.stderr)
     k = max((int(key.split("_")[1]) for r in rows for key in r if key.startswith("pred_")), default=1)
     if args.out:
-        from anivision.engine.checkpoint import atomic_write_csv
+        from anivision.files import atomic_write_csv
 
         out = Path(args.out)
         fields = ["path"] + [f for i in range(1, k + 1) for f in (f"pred_{i}", f"dist_{i}")]

@@ -191,7 +191,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(f"  {i:>3}. {t['dist']:.4f}  {t['work']}/{t['role']}  {t['path']}")
         results.append({"query": q, "top": top})
     if args.out:
-        from anivision.engine.checkpoint import atomic_write_json
+        from anivision.files import atomic_write_json
         from anivision.reports.plots import plot_image_grid
 
         out = Path(args.out)

@@ -40,7 +40,7 @@ from anivision.data.hashing import (
 )
 from anivision.data.images import load_image
 from anivision.data.splits import PARTS, read_split
-from anivision.engine.checkpoint import atomic_write_text
+from anivision.files import atomic_write_text
 from anivision.errors import AnivisionError
 
 #: Images with a shorter side below this many pixels are listed as tiny.

@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from anivision.data.images import is_image_file, load_image
-from anivision.engine.checkpoint import atomic_write_text
+from anivision.files import atomic_write_text
 from anivision.errors import AnivisionError
 
 #: File name of the cascade shipped inside :mod:`anivision.data`.

@@ -7,7 +7,23 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms import v2
 
-from anivision.models.backbone import DataConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Input preprocessing a backbone expects.
+
+    Attributes:
+        img_size: square input side in pixels.
+        mean: per-channel mean on the [0, 1] scale.
+        std: per-channel std on the [0, 1] scale.
+        crop_pct: eval-time centre-crop fraction (resize to img_size / crop_pct, crop img_size).
+    """
+
+    img_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop_pct: float = 0.875
 
 
 @dataclass

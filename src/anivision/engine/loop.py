@@ -1,16 +1,20 @@
-"""One plain training loop: ``train_one_epoch`` and ``evaluate``.
+"""The one training loop (``train_one_epoch``) and the one inference loop (``predict``).
 
-The loop knows nothing about strategies or recipes: it gets a model, a loader, an optimizer,
-a per-step learning-rate function and a loss. Strategies act before each epoch.
+Every task trains through :func:`train_one_epoch`: classification, few-shot meta-training and
+re-ID all supply only a *step*, ``step(model, batch) -> (loss, logs)``, the way Lightning's
+``training_step`` does, without the dependency. The loop owns what every task should get:
+moving the batch to the device, channels-last, the per-step learning rate, mixed precision
+(AMP, CUDA only), gradient clipping, a non-finite-loss guard, progress bars and running means.
+
+It knows nothing about strategies, recipes or run folders: strategies act before each epoch
+and :class:`~anivision.engine.run.RunFolder` does the bookkeeping after it.
 """
 
 from __future__ import annotations
 
-import math
-import os
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,28 +22,39 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from anivision.errors import AnivisionError
+
+#: ``step(model, batch) -> (loss, logs)``: the scalar loss to minimise and per-batch means to log.
+StepFn = Callable[[nn.Module, Sequence[torch.Tensor]], "tuple[torch.Tensor, dict[str, float]]"]
+#: ``lr_fn(global_step, param_group) -> learning rate`` for that group at that step.
+LrFn = Callable[[int, dict], float]
+
 
 @dataclass
 class EpochStats:
-    """What one training epoch measured."""
+    """What one training epoch measured.
+
+    Attributes:
+        loss: mean loss over the epoch (weighted by batch size).
+        logs: mean of each value the step logged (weighted by batch size).
+        n_images: training examples seen (the first dimension of the batch's last tensor).
+        seconds: wall time of the epoch.
+        lr: learning rate of the first parameter group at the last step.
+    """
 
     loss: float
-    accuracy: float
-    n_images: int
-    seconds: float
+    logs: dict[str, float] = field(default_factory=dict)
+    n_images: int = 0
+    seconds: float = 0.0
+    lr: float = 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.logs.get("acc", float("nan")))
 
     @property
     def images_per_second(self) -> float:
         return self.n_images / self.seconds if self.seconds > 0 else 0.0
-
-
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float = 0.0) -> float:
-    """Learning rate at ``step``: linear warmup from ~0 to ``base_lr``, then cosine to ``min_lr``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    t = min(1.0, (step - warmup_steps) / span)
-    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -48,105 +63,147 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _debug_kill(step: int) -> None:
-    # Test hook: simulate a run killed mid-epoch (power cut, OOM killer) at a given global step.
-    at = os.environ.get("ANIVISION_KILL_AT_STEP")
-    if at is not None and step == int(at):
-        os._exit(137)
+def to_device(batch: Sequence[Any], device: torch.device, channels_last: bool) -> list[Any]:
+    """Move every tensor of ``batch`` to ``device``; 4-D image batches become channels-last."""
+    out = []
+    for t in batch:
+        if isinstance(t, torch.Tensor):
+            t = t.to(device, non_blocking=True)
+            if channels_last and t.dim() == 4:
+                t = t.contiguous(memory_format=torch.channels_last)
+        out.append(t)
+    return out
+
+
+def cross_entropy_step(loss_fn: nn.Module) -> StepFn:
+    """The classification step: ``loss_fn(model(x), y)``, logging accuracy as ``acc``."""
+
+    def step(model: nn.Module, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        x, y = batch[0], batch[1]
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        return loss, {"acc": float((logits.detach().argmax(1) == y).float().mean())}
+
+    return step
 
 
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    device: torch.device,
-    lr_at_step: Callable[[int, dict], float] | None = None,
+    step_fn: StepFn,
+    lr_fn: LrFn | None = None,
+    *,
+    device: torch.device | None = None,
     start_step: int = 0,
+    amp: bool = False,
     grad_clip: float | None = None,
     channels_last: bool = True,
+    on_step: Callable[[int], None] | None = None,
     desc: str = "train",
     progress: bool = True,
 ) -> EpochStats:
-    """Train ``model`` for one pass over ``loader``.
+    """Train ``model`` for one pass over ``loader``; the caller sets train mode first.
 
     Args:
-        model: maps a (B, ...) batch to (B, C) logits; put in train mode by the caller.
-        loader: yields ``(x, y)`` with x (B, ...) and y (B,) int64.
-        optimizer: its param groups may carry a ``base_lr``; ``lr_at_step(step, group)`` sets ``lr``.
-        loss_fn: ``(logits, y) -> scalar``.
-        device: where to compute.
-        lr_at_step: per-step learning rate for each param group, or None to leave LRs alone.
-        start_step: global step number of the first batch (for the LR schedule).
-        grad_clip: max total gradient norm, or None.
-        channels_last: convert 4-D inputs to channels-last memory format (faster convolutions).
+        model: what ``step_fn`` calls (may be wrapped in DDP).
+        loader: yields tuples of tensors; the last one's first dimension counts the examples.
+        optimizer: each param group may carry ``base_lr`` for ``lr_fn``.
+        step_fn: ``(model, batch on device) -> (loss, logs)``.
+        lr_fn: per-step learning rate of each param group, or None to leave LRs alone.
+        device: where to compute; default: the model's device.
+        start_step: global step of the first batch (for the LR schedule and ``on_step``).
+        amp: float16 autocast with a gradient scaler; only on CUDA (ignored elsewhere).
+        grad_clip: max total gradient norm, or None / 0 for no clipping.
+        channels_last: convert 4-D inputs to channels-last (faster convolutions).
+        on_step: called with the global step before each batch (tests inject a kill here).
         desc: progress-bar label.
         progress: show a progress bar.
 
-    Returns:
-        Mean loss, accuracy, image count and wall time of the epoch.
+    Raises:
+        AnivisionError: the loss is not finite (training diverged).
     """
+    device = device or next(model.parameters()).device
+    use_amp = bool(amp) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    sums: dict[str, float] = {}
     total_loss = 0.0
-    correct = 0
     seen = 0
     step = start_step
     t0 = time.perf_counter()
     bar = tqdm(loader, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    for x, y in bar:
-        _debug_kill(step)
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if lr_at_step is not None:
+    for batch in bar:
+        if on_step is not None:
+            on_step(step)
+        batch = to_device(batch, device, channels_last)
+        if lr_fn is not None:
             for g in optimizer.param_groups:
-                g["lr"] = lr_at_step(step, g)
-        logits = model(x)
-        loss = loss_fn(logits, y)
+                g["lr"] = lr_fn(step, g)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            loss, logs = step_fn(model, batch)
+        if not torch.isfinite(loss.detach()):
+            raise AnivisionError(f"training diverged at step {step + 1} ({desc}: loss {float(loss.detach())}); lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
         if grad_clip:
             torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], grad_clip)
-        optimizer.step()
-        bs = y.shape[0]
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        bs = int(batch[-1].shape[0]) if isinstance(batch[-1], torch.Tensor) and batch[-1].dim() else 1
         total_loss += float(loss.detach()) * bs
-        correct += int((logits.detach().argmax(1) == y).sum())
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * bs
         seen += bs
         step += 1
         elapsed = time.perf_counter() - t0
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{seen / max(elapsed, 1e-9):.0f}")
-    seconds = time.perf_counter() - t0
-    return EpochStats(loss=total_loss / max(seen, 1), accuracy=correct / max(seen, 1), n_images=seen, seconds=seconds)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", **{k: f"{v / seen:.3f}" for k, v in sums.items()}, img_s=f"{seen / max(elapsed, 1e-9):.0f}")
+    n = max(seen, 1)
+    return EpochStats(
+        loss=total_loss / n,
+        logs={k: v / n for k, v in sums.items()},
+        n_images=seen,
+        seconds=time.perf_counter() - t0,
+        lr=float(optimizer.param_groups[0]["lr"]) if optimizer.param_groups else 0.0,
+    )
 
 
 @torch.inference_mode()
-def predict_logits(
+def predict(
     model: nn.Module,
     loader: DataLoader,
-    device: torch.device,
+    device: torch.device | None = None,
     channels_last: bool = True,
     desc: str = "eval",
     progress: bool = True,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Run ``model`` in eval mode over ``loader``.
+) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Run ``model`` in eval mode over ``loader`` (batches ``(x,)`` or ``(x, y)``).
 
     Returns:
-        logits (N, C) float32, labels (N,) int64 and the wall time in seconds.
+        outputs (N, ...) float32, labels (N,) int64 (None when the batches carry none) and the
+        wall time in seconds.
     """
+    device = device or next(model.parameters()).device
     model.eval()
     outs, ys = [], []
     t0 = time.perf_counter()
-    for x, y in tqdm(loader, desc=desc, disable=None if progress else True, leave=False):
-        x = x.to(device, non_blocking=True)
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+    for batch in tqdm(loader, desc=desc, disable=None if progress else True, leave=False):
+        x = to_device(batch[:1], device, channels_last)[0]
         outs.append(model(x).float().cpu())
-        ys.append(torch.as_tensor(y))
+        if len(batch) > 1 and batch[1] is not None:
+            ys.append(torch.as_tensor(batch[1]))
     seconds = time.perf_counter() - t0
     if not outs:
-        return np.zeros((0, 0), np.float32), np.zeros((0,), np.int64), seconds
-    return torch.cat(outs).numpy(), torch.cat(ys).numpy().astype(np.int64), seconds
+        return np.zeros((0, 0), np.float32), None, seconds
+    labels = torch.cat(ys).numpy().astype(np.int64) if ys else None
+    return torch.cat(outs).numpy(), labels, seconds
 
 
 def softmax_np(logits: np.ndarray) -> np.ndarray:

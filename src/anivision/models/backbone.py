@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import anivision.models.vanilla_cnn  # noqa: F401  (registers "vanilla_cnn" with timm)
+from anivision.data.transforms import DataConfig
 from anivision.errors import AnivisionError
 
 log = logging.getLogger(__name__)
@@ -28,21 +29,6 @@ DEFAULT_BACKBONE = LITE0_ARCH
 DEFAULT_WEIGHTS = LITE0_WEIGHTS
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    """Input preprocessing a backbone expects.
-
-    Attributes:
-        img_size: square input side in pixels.
-        mean: per-channel mean on the [0, 1] scale.
-        std: per-channel std on the [0, 1] scale.
-        crop_pct: eval-time centre-crop fraction (resize to img_size / crop_pct, crop img_size).
-    """
-
-    img_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    crop_pct: float = 0.875
 
 
 def _lite0_state_dict() -> dict[str, torch.Tensor]:

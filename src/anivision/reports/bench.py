@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from anivision.engine.checkpoint import atomic_write_json, atomic_write_text
+from anivision.files import atomic_write_json, atomic_write_text
 
 BASELINE = "linear_probe"
 N_BOOT = 2000

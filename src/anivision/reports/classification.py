@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from anivision.engine.checkpoint import atomic_write_text
+from anivision.files import atomic_write_text
 from anivision.metrics.classification import format_classification_report
 from anivision.reports.plots import plot_confusion_matrix, plot_reliability, plot_training_curves
 

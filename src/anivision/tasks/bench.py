@@ -284,7 +284,7 @@ def run_bench(
     Raises:
         AnivisionError: a bad grid, bad train options or no usable split (nothing is trained).
     """
-    from anivision.engine.checkpoint import atomic_write_json
+    from anivision.files import atomic_write_json
     from anivision.reports.bench import write_failures, write_results_csv
     from anivision.tasks import classify
 

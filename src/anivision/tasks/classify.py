@@ -32,7 +32,8 @@ from anivision.data.splits import parse_ratios, read_split, split_indices, strat
 from anivision.data.transforms import cache_size, eval_transform, train_transform
 from anivision.embeddings import embed_paths, pick_device
 from anivision.engine.distributed import barrier, device_for, init_distributed
-from anivision.engine.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, load_weights, save_checkpoint, save_weights
+from anivision.files import atomic_write_json, atomic_write_text
+from anivision.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from anivision.engine.loop import evaluate_loss_acc, predict_logits, seed_everything, softmax_np, train_one_epoch, warmup_cosine
 from anivision.errors import AnivisionError
 from anivision.models.backbone import DataConfig, count_parameters, create_backbone, data_config

@@ -40,7 +40,8 @@ from anivision.data.samplers import EpisodeSampler
 from anivision.data.splits import PARTS, parse_ratios
 from anivision.data.transforms import AugmentConfig, cache_size, eval_transform, train_transform
 from anivision.embeddings import embed_paths, forward_batches, model_fingerprint, pick_device
-from anivision.engine.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, load_weights, save_checkpoint, save_weights
+from anivision.files import atomic_write_json, atomic_write_text
+from anivision.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from anivision.engine.loop import seed_everything
 from anivision.errors import AnivisionError
 from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, DataConfig, create_backbone, data_config

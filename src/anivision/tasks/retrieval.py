@@ -49,7 +49,8 @@ from anivision.data.pk_sampler import PKSampler
 from anivision.data.reid import DEFAULT_FOLDS, DEFAULT_QUERY_RATIO, Fold, ReidImages, make_folds
 from anivision.data.transforms import AugmentConfig, cache_size, train_transform
 from anivision.embeddings import embed_paths, model_fingerprint, pick_device
-from anivision.engine.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, load_weights, save_checkpoint, save_weights
+from anivision.files import atomic_write_json, atomic_write_text
+from anivision.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from anivision.errors import AnivisionError
 from anivision.metrics.retrieval import pairwise_distances, retrieval_metrics
 from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, DataConfig, create_backbone, data_config
