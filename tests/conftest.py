@@ -12,6 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from anivision.cli import build_parser
+from anivision.commands.classify import build_train_config
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 # A tiny timm backbone for tests (tens of thousands of parameters, any input size >= 16 px).
@@ -38,6 +41,28 @@ def run_cli(args: list[str], env_extra: dict[str, str] | None = None) -> subproc
     """``python -m anivision.cli ARGS`` in a subprocess (for exit codes, stderr and killed runs)."""
     env = dict(os.environ, **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "anivision.cli", *args], capture_output=True, text=True, env=env)
+
+
+def cli_train_config(args: list[str]):
+    """The TrainConfig that ``anivision ARGS`` (a ``train`` command line, ``-q`` allowed) would train."""
+    return build_train_config(build_parser().parse_args([a for a in args if a not in ("-q", "--quiet")]))
+
+
+class Killed(Exception):
+    """Raised by :func:`kill_at_step`: a run stopped mid-epoch (power cut, OOM killer)."""
+
+
+def kill_at_step(step: int):
+    """An ``on_step`` callback for the training loop that stops the run before global ``step``.
+
+    Nothing after the last finished epoch is saved, exactly as when the process is killed there.
+    """
+
+    def on_step(s: int) -> None:
+        if s == step:
+            raise Killed(f"killed at step {step}")
+
+    return on_step
 
 
 @pytest.fixture()

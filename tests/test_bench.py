@@ -109,7 +109,7 @@ def test_rerun_reuses_finished_cells(bench, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished cell was trained again")
 
-    monkeypatch.setattr("anivision.tasks.classify.train_one_epoch", no_training)
+    monkeypatch.setattr("anivision.tasks.classify.train.train_one_epoch", no_training)
     assert main(_bench_args(bench["data"], out, bench["cache"])) == 1
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     rows = _rows(out)

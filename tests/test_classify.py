@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from anivision.cli import main
+from anivision.tasks.classify import train_classifier
 
-from conftest import TINY_CNN, TINY_VIT, make_class_folders, run_cli
+from conftest import TINY_CNN, TINY_VIT, Killed, cli_train_config, kill_at_step, make_class_folders, run_cli
 
 
 def _train_args(data, out, cache, *extra):
@@ -84,8 +85,8 @@ def test_resume_after_kill_matches_uninterrupted(tiny_data, cache_dir, tmp_path)
     full_out, killed_out = tmp_path / "full", tmp_path / "killed"
     assert main(_train_args(tiny_data, full_out, cache_dir, *common)) == 0
     # 24 training images, batch 8 -> 3 steps per epoch; step 7 is in the middle of epoch 3.
-    r = run_cli(_train_args(tiny_data, killed_out, cache_dir, *common), {"ANIVISION_KILL_AT_STEP": "7"})
-    assert r.returncode != 0
+    with pytest.raises(Killed):
+        train_classifier(cli_train_config(_train_args(tiny_data, killed_out, cache_dir, *common)), progress=False, on_step=kill_at_step(7))
     assert not (killed_out / "metrics.json").exists()
     state = json.loads((killed_out / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == 1  # epochs 1 and 2 finished, the third was interrupted

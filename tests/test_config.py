@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from anivision.config import TrainConfig, recipe_values, resolve_train_config, train_option_defaults
+from anivision.tasks.classify import TrainConfig, recipe_values, resolve_train_config, train_option_defaults
 from anivision.errors import AnivisionError
 
 
@@ -61,12 +61,16 @@ def test_bad_config(tmp_path):
 
 
 def test_config_saved_before_a_field_existed_still_matches(tmp_path):
-    from anivision.config import config_differences
-
     cfg = resolve_train_config(train_option_defaults() | {"data": str(tmp_path), "out": str(tmp_path / "o")})
     old = json.loads(json.dumps(cfg.to_dict()))
     del old["prefix_cache"]  # a run folder written by an older anivision
-    assert config_differences(old, cfg) == []
+    del old["amp"]
+    assert cfg.differences(old) == []
     old["epochs"] = cfg.epochs + 1
-    assert config_differences(old, cfg) == ["epochs"]
-    assert config_differences(old, cfg, ignore=("epochs",)) == []
+    assert cfg.differences(old) == ["epochs"]
+    old["epochs"] = cfg.epochs
+    old["device"], old["out"] = "cuda:3", "/elsewhere"  # runtime keys: a moved folder, another machine
+    assert cfg.differences(old) == []
+    old["no_such_key"] = 1
+    with pytest.raises(AnivisionError, match="unknown config key.*no_such_key"):
+        cfg.differences(old)

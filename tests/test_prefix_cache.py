@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from anivision.cli import main
-from anivision.config import NO_AUGMENT, resolve_train_config, train_option_defaults
+from anivision.tasks.classify import NO_AUGMENT, resolve_train_config, train_option_defaults
 from anivision.errors import AnivisionError
 from anivision.models.backbone import create_backbone
 from anivision.models.classifier import Classifier
@@ -16,7 +16,7 @@ from anivision.models.split import split_frozen_prefix
 from anivision.strategies import Strategy, backbone_groups
 from anivision.tasks.classify import train_classifier
 
-from conftest import TINY_CNN, TINY_VIT, run_cli
+from conftest import TINY_CNN, TINY_VIT, Killed, cli_train_config, kill_at_step
 
 
 def _tiny_resnet() -> nn.Module:
@@ -118,8 +118,9 @@ def test_prefix_cache_run_resumes_after_kill(tiny_data, cache_dir, tmp_path):
                 "--partial-groups", "2", "--prefix-cache", "--out", str(out)]
 
     assert main(args(tmp_path / "whole")) == 0
-    r = run_cli(args(tmp_path / "killed"), {"ANIVISION_KILL_AT_STEP": "7"})  # mid-epoch 3 (3 steps per epoch)
-    assert r.returncode != 0 and not (tmp_path / "killed" / "metrics.json").exists()
+    with pytest.raises(Killed):  # mid-epoch 3 (3 steps per epoch)
+        train_classifier(cli_train_config(args(tmp_path / "killed")), progress=False, on_step=kill_at_step(7))
+    assert not (tmp_path / "killed" / "metrics.json").exists()
     assert main(args(tmp_path / "killed")) == 0
     a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
@@ -128,9 +129,7 @@ def test_prefix_cache_run_resumes_after_kill(tiny_data, cache_dir, tmp_path):
 
 
 def test_prefix_cache_that_would_not_fit_in_memory_is_refused(tiny_data, cache_dir, tmp_path, monkeypatch):
-    import anivision.tasks.classify as classify
-
-    monkeypatch.setattr(classify, "memory_budget_bytes", lambda: 1000)
+    monkeypatch.setattr("anivision.tasks.classify.data.memory_budget_bytes", lambda: 1000)
     cfg = _cfg(tiny_data, tmp_path / "big", cache_dir, prefix_cache=True)
     with pytest.raises(AnivisionError, match="would take .* GiB for \\d+ images"):
         train_classifier(cfg, progress=False)

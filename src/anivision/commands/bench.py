@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from anivision.commands.classify import add_train_args
+from anivision.engine.distributed import init_distributed
 from anivision.errors import AnivisionError
+from anivision.reports.bench import write_bench_report
+from anivision.strategies import STRATEGIES
+from anivision.tasks.bench import run_bench
 
 #: Dests of the bench parser that are not ``anivision train`` options passed to every cell.
 _BENCH_ONLY = frozenset({
@@ -23,9 +28,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     Args:
         subparsers: the object returned by ``ArgumentParser.add_subparsers()``.
     """
-    from anivision.cli import _add_train_args
-    from anivision.strategies import STRATEGIES
-
     p = subparsers.add_parser(
         "bench",
         help="benchmark matrix: backbones x strategies x seeds on one split, with Table-1 report",
@@ -40,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         # theirs (same meaning, bench-specific help).
         conflict_handler="resolve",
     )
-    _add_train_args(p)
+    add_train_args(p)
     p.add_argument("--data", help="class-per-folder dataset or CSV manifest")
     p.add_argument("--split", help="frozen split CSV for every cell (default: make BENCH_DIR/split.csv with the first seed)")
     p.add_argument("--backbones", required=True, help="comma-separated timm model names, e.g. resnet18,vit_small_patch16_224")
@@ -105,10 +107,6 @@ def parse_weights_map(text: str | None) -> dict[str, str]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the grid the flags describe, write the report and print where it is."""
-    from anivision.reports.bench import write_bench_report
-    from anivision.strategies import STRATEGIES
-    from anivision.tasks.bench import run_bench
-
     for flag, dest in (("--backbone", "single_backbone"), ("--strategy", "single_strategy"), ("--seed", "single_seed")):
         if getattr(args, dest, None) is not None:
             raise AnivisionError(f"bench takes {flag}s (a comma-separated list), not {flag}")
@@ -126,8 +124,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     quiet = bool(getattr(args, "quiet", False))
     rows = run_bench(args.data, args.out, backbones, strategies, seeds, base_args, split=args.split,
                      progress=not quiet, weights_map=parse_weights_map(args.weights_map))
-    from anivision.engine.distributed import init_distributed
-
     if not init_distributed().is_main:
         return 0  # rank 0 writes the report
     report = write_bench_report(args.out, rows)

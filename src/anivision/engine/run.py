@@ -28,7 +28,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
@@ -42,6 +42,28 @@ from anivision.files import atomic_write_json, atomic_write_text
 log = logging.getLogger(__name__)
 
 MODES = ("max", "min", "last")
+T = TypeVar("T")
+
+
+def check_same_config(path: str | Path, config: RunConfig, unreadable_ok: bool = False) -> None:
+    """The same-run rule for a saved ``config.json`` at ``path`` (nothing to check when missing).
+
+    Raises:
+        AnivisionError: the saved config differs in a key that is not a runtime key, holds a key
+            this version does not know, or is not valid JSON (unless ``unreadable_ok``).
+    """
+    p = Path(path)
+    if not p.exists():
+        return
+    try:
+        old = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        if unreadable_ok:
+            return
+        raise AnivisionError(f"{p}: not valid JSON ({exc.msg}); choose a new --out") from exc
+    diff = config.differences(old, source=str(p))
+    if diff:
+        raise AnivisionError(f"{p.parent}: holds a run with different settings ({', '.join(diff)}); rerun with the original options or choose a new --out")
 
 
 @dataclass
@@ -156,18 +178,8 @@ class RunFolder:
 
     def check_config(self, name: str = "config.json") -> None:
         """Raise when the folder holds a run with a different config (runtime keys aside)."""
-        if self.config is None:
-            return
-        p = self.path / name
-        if not p.exists():
-            return
-        try:
-            old = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise AnivisionError(f"{p}: not valid JSON ({exc.msg}); choose a new --out") from exc
-        diff = self.config.differences(old, source=str(p))
-        if diff:
-            raise AnivisionError(f"{self.path}: holds a run with a different config ({', '.join(diff)}); choose a new --out")
+        if self.config is not None:
+            check_same_config(self.path / name, self.config)
 
     def claim(self, name: str = "config.json") -> None:
         """Check the same-run rule, then write this run's config (rank 0)."""
@@ -206,6 +218,21 @@ class RunFolder:
 
     def barrier(self) -> None:
         barrier(self.dist)
+
+    def main_first(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on rank 0, a barrier, then ``fn()`` on the other ranks.
+
+        For work whose first call fills a cache or writes a file (a split, decoded images, cached
+        activations) that the later calls then read instead of computing again.
+        """
+        result = fn() if self.is_main else None
+        self.barrier()
+        return fn() if not self.is_main else result  # type: ignore[return-value]
+
+    def alone(self) -> "RunFolder":
+        """This folder for rank 0 working alone (no barriers): e.g. a head trained on cached
+        features, which takes seconds and needs no other process."""
+        return RunFolder(self.path, self.config, DistInfo(), self.metrics_log, self.checkpoint)
 
     # ------------------------------------------------------------------ epochs
 

@@ -1,17 +1,18 @@
-"""Typed training configuration and the named recipes.
+"""The classification run's typed configuration and the named recipes.
 
-Only the CLI builds a :class:`TrainConfig` from YAML and flags; library functions take the
-typed object. The resolved config is saved as ``config.json`` beside every run.
+Only the CLI (and :func:`resolve_train_config`, which it calls) builds a :class:`TrainConfig`
+from YAML and flags; library functions take the typed object. The resolved config is saved as
+``config.json`` beside every run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
+from anivision.config import RunConfig, read_yaml_mapping
 from anivision.data.transforms import AugmentConfig
 from anivision.errors import AnivisionError
 from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
@@ -33,9 +34,9 @@ TRAIN_OPTION_KEYS: tuple[str, ...] = tuple(
 
 
 def train_option_defaults() -> dict[str, Any]:
-    """Every train option unset: the field options, plus ``config`` (YAML path) and the two switches
-    ``no_feature_cache`` and ``prefix_cache``."""
-    return {**{k: None for k in TRAIN_OPTION_KEYS}, "config": None, "no_feature_cache": False, "prefix_cache": False}
+    """Every train option unset: the field options, plus ``config`` (YAML path) and the switches
+    ``no_feature_cache``, ``prefix_cache`` and ``amp``."""
+    return {**{k: None for k in TRAIN_OPTION_KEYS}, "config": None, "no_feature_cache": False, "prefix_cache": False, "amp": False}
 
 
 def resolve_train_config(options: Mapping[str, Any]) -> "TrainConfig":
@@ -51,20 +52,9 @@ def resolve_train_config(options: Mapping[str, Any]) -> "TrainConfig":
     Raises:
         AnivisionError: unreadable YAML, unknown keys, missing data/out, or bad values.
     """
-    import yaml
-
     values: dict[str, Any] = {}
     if options.get("config"):
-        p = Path(options["config"])
-        if not p.is_file():
-            raise AnivisionError(f"{p}: no such config file")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise AnivisionError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-        if not isinstance(loaded, dict):
-            raise AnivisionError(f"{p}: expected a mapping of config keys")
-        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+        values.update(read_yaml_mapping(options["config"]))
     for k in TRAIN_OPTION_KEYS:
         if options.get(k) is not None:
             values[k] = options[k]
@@ -72,6 +62,8 @@ def resolve_train_config(options: Mapping[str, Any]) -> "TrainConfig":
         values["feature_cache"] = False
     if options.get("prefix_cache"):
         values["prefix_cache"] = True
+    if options.get("amp"):
+        values["amp"] = True
     if values.get("grad_clip") == 0:
         values["grad_clip"] = None
     strategy = values.get("strategy", TrainConfig.strategy)
@@ -79,7 +71,7 @@ def resolve_train_config(options: Mapping[str, Any]) -> "TrainConfig":
     base = TrainConfig().to_dict()
     base.update({k: (dataclasses.asdict(v) if k == "aug" else v) for k, v in recipe_values(recipe, strategy).items()})
     base.update(values)
-    cfg = TrainConfig.from_dict(base)
+    cfg = TrainConfig.from_dict(base, source=str(options.get("config") or "train options"))
     if cfg.prefix_cache:
         if cfg.strategy == "partial":
             # Cached activations cannot be augmented: training images get the eval transform,
@@ -100,7 +92,7 @@ def resolve_train_config(options: Mapping[str, Any]) -> "TrainConfig":
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     """Everything that defines a classification run.
 
     Learning rates: ``lr_head`` for the new linear layer, ``lr_backbone`` for the backbone
@@ -147,54 +139,21 @@ class TrainConfig:
     device: str | None = None
     cache_dir: str | None = None
     channels_last: bool = True
+    amp: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    #: Keys that may differ when a run folder is resumed or reused: they do not change results
+    #: (``out``: a run folder may be moved, or cells of separate grids merged into one folder).
+    RUNTIME_KEYS: ClassVar[tuple[str, ...]] = ("device", "workers", "cache_dir", "out")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise AnivisionError(f"unknown config key(s): {', '.join(unknown)}")
-        if isinstance(d.get("aug"), dict):
-            aug = dict(d["aug"])
+    def _coerce(cls, values: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(values.get("aug"), dict):
+            aug = dict(values["aug"])
             for k in ("crop_scale", "color_jitter"):
                 if isinstance(aug.get(k), list):
                     aug[k] = tuple(aug[k])
-            d["aug"] = AugmentConfig(**aug)
-        return cls(**d)
-
-    def save(self, path: str | Path) -> None:
-        from anivision.files import atomic_write_json
-
-        atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
-        p = Path(path)
-        if not p.is_file():
-            raise AnivisionError(f"{p}: no such config file")
-        return cls.from_dict(json.loads(p.read_text()))
-
-
-#: Config keys that may differ when a run folder is resumed or reused: they do not change results
-#: (``out``: a run folder may be moved, or cells of separate grids merged into one folder).
-RUNTIME_KEYS: tuple[str, ...] = ("device", "workers", "cache_dir", "out")
-
-
-def config_differences(old: Mapping[str, Any], cfg: "TrainConfig", ignore: tuple[str, ...] = ()) -> list[str]:
-    """Keys whose value in a saved ``config.json`` differs from ``cfg``.
-
-    A key missing from ``old`` (saved by an older anivision, before the field existed) counts as
-    that field's default, so adding a config field does not invalidate finished runs.
-    """
-    defaults = json.loads(json.dumps(TrainConfig().to_dict()))
-    new = json.loads(json.dumps(cfg.to_dict()))
-    return sorted(
-        k for k in set(old) | set(new) if old.get(k, defaults.get(k)) != new.get(k) and k not in ignore
-    )
+            values["aug"] = AugmentConfig(**aug)
+        return values
 
 
 def recipe_values(recipe: str, strategy: str) -> dict[str, Any]:

@@ -1,0 +1,164 @@
+"""Classification sub-commands: ``split``, ``train``, ``evaluate``, ``predict`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from anivision.data.cache import default_cache_dir
+from anivision.data.folder import load_labeled
+from anivision.data.splits import parse_ratios, stratified_split, write_split
+from anivision.data.synth import generate
+from anivision.errors import AnivisionError
+from anivision.files import atomic_write_csv
+from anivision.strategies import STRATEGIES
+from anivision.tasks.classify import TrainConfig, evaluate_run, predict_paths, recipe_values, resolve_train_config, train_classifier
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``split``, ``train``, ``evaluate``, ``predict`` and ``demo``."""
+    sub = subparsers
+    p = sub.add_parser("split", help="stratified, frozen train/val/test split with content hashes")
+    p.add_argument("data", help="class-per-folder dataset or CSV manifest")
+    p.add_argument("--ratios", default="70/15/15", help="70/15/15 (emotion study), 72/18/10 (AniWho), 70/30 (no validation), or any a/b/c")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", required=True, help="split CSV to write (path,label,split,sha1)")
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("train", help="train a classifier with one of four fine-tuning strategies")
+    add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a trained run on its test split or on a folder")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="evaluate on every image of this class-per-folder dataset")
+    p.add_argument("--out", help="output folder (default RUN_DIR/eval or RUN_DIR/eval-<data>)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="top-k predictions for image files, folders or globs")
+    p.add_argument("run_dir")
+    p.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", help="CSV path,pred_1,prob_1,...,pred_K,prob_K (default: print)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="offline demo: synthetic emotion faces, offline ImageNet EfficientNet-Lite0, report")
+    p.add_argument("--out", default="anivision-demo", help="demo folder (default ./anivision-demo)")
+    p.add_argument("--strategy", default="linear_probe", choices=STRATEGIES)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--n-per-class", type=int, default=60)
+    p.set_defaults(func=cmd_demo)
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """Every ``anivision train`` option (also accepted by ``anivision bench`` for every cell)."""
+    # Defaults are None so that only flags the user gave override the recipe and the YAML file.
+    p.add_argument("--data", help="class-per-folder dataset, or a CSV manifest path,label[,split]")
+    p.add_argument("--split", help="frozen split CSV from 'anivision split' (default: make a 70/15/15 split in RUN_DIR)")
+    p.add_argument("--ratios", help="split ratios when no --split is given (default 70/15/15)")
+    p.add_argument("--backbone", help="any timm model name, or vanilla_cnn (default tf_efficientnet_lite0)")
+    p.add_argument("--weights", help="imagenet | none | efficientnet_lite0_imagenet (offline default) | FILE.safetensors/.pth")
+    p.add_argument("--strategy", choices=STRATEGIES, help="fine-tuning strategy (default full)")
+    p.add_argument("--recipe", choices=("default", "fer", "aniwho"), help="named hyper-parameter preset; flags override it")
+    p.add_argument("--config", help="YAML file of TrainConfig keys; flags override it")
+    p.add_argument("--img-size", type=int, help="input side in pixels (default 128)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--lr-head", type=float)
+    p.add_argument("--lr-backbone", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--optimizer", choices=("adamw", "sgd"))
+    p.add_argument("--schedule", choices=("cosine", "plateau", "constant"))
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    p.add_argument("--monitor", choices=("val_acc", "val_loss"))
+    p.add_argument("--grad-clip", type=float, help="max gradient norm (0 disables)")
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--partial-groups", type=int, help="partial: number of top backbone groups to train (default 1)")
+    p.add_argument("--unfreeze-every", type=int, help="progressive: epochs between unfreezing one more group (default 2)")
+    p.add_argument("--progressive-groups", type=int, help="progressive: most top groups to unfreeze (default all)")
+    p.add_argument("--no-feature-cache", action="store_true", help="linear probe: train through the frozen backbone with augmentation instead of on cached features")
+    p.add_argument(
+        "--prefix-cache", action="store_true",
+        help="partial: run the frozen bottom of the backbone once per image and train the top on its cached "
+        "activations (switches training augmentation off; other strategies ignore it)",
+    )
+    p.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast) on CUDA; ignored on CPU")
+    p.add_argument("--workers", type=int, help="data-loading worker processes (default 0: best on a 2-core CPU)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--cache-dir", help="decoded-image and feature caches (default $ANIVISION_CACHE or ~/.cache/anivision)")
+    p.add_argument("--out", help="run folder (rerun the same command to resume)")
+
+
+def build_train_config(args: argparse.Namespace) -> TrainConfig:
+    """Merge defaults < recipe < YAML < flags into a :class:`TrainConfig`."""
+    return resolve_train_config(vars(args))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = build_train_config(args)
+    m = train_classifier(cfg, progress=not args.quiet)
+    if m:  # under torchrun, only rank 0 returns the metrics
+        _print_summary(m, Path(cfg.out))
+    return 0
+
+
+def _print_summary(m: dict[str, Any], out: Path) -> None:
+    parts = [f"accuracy {100 * m['accuracy']:.2f}%", f"macro F1 {m['f1_macro']:.4f}", f"NLL {m['nll']:.4f}", f"ECE {m['ece']:.4f}"]
+    if "top5_accuracy" in m:
+        parts.insert(1, f"top-5 {100 * m['top5_accuracy']:.2f}%")
+    print(f"test: {', '.join(parts)} on {m['n_images']} images ({m.get('n_skipped', 0)} skipped)")
+    print(f"report: {out / 'report.md'}")
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    images = load_labeled(args.data)
+    splits = stratified_split(images.labels, images.classes, parse_ratios(args.ratios), args.seed)
+    out = write_split(images, splits, args.out)
+    counts = {s: splits.count(s) for s in ("train", "val", "test")}
+    print(f"split {len(images)} images of {len(images.classes)} classes: train {counts['train']}, val {counts['val']}, test {counts['test']} -> {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    m = evaluate_run(args.run_dir, data=args.data, out=args.out, progress=not args.quiet)
+    _print_summary(m, Path(m["out"]))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    if args.top_k < 1:
+        raise AnivisionError("--top-k must be at least 1")
+    rows, skipped = predict_paths(args.run_dir, args.paths, top_k=args.top_k, batch_size=args.batch_size, progress=not args.quiet)
+    for path, reason in skipped.items():
+        print(f"skipped: {reason}", file=sys.stderr)
+    if args.out:
+        out = Path(args.out)
+        atomic_write_csv(out, rows, list(rows[0].keys()) if rows else ["path"])
+        print(f"{len(rows)} prediction(s) ({len(skipped)} skipped) -> {out}")
+    else:
+        for r in rows:
+            print(r["path"] + "\t" + "\t".join(f"{r[f'pred_{i}']} {r[f'prob_{i}']:.3f}" for i in range(1, args.top_k + 1) if f"pred_{i}" in r))
+    return 0 if rows else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    data = out / "data"
+    if not (data / "synth.json").exists():
+        print(f"generating the embedded synthetic emotion dataset in {data} ...")
+        generate("emotion", data, n_per_class=args.n_per_class, size=128, seed=0, progress=not args.quiet)
+    cfg = TrainConfig(data=str(data), out=str(out / "run"), strategy=args.strategy, epochs=args.epochs, cache_dir=str(default_cache_dir()))
+    for k, v in recipe_values("default", args.strategy).items():
+        if k != "epochs":
+            setattr(cfg, k, v)
+    print(f"training {cfg.backbone} ({cfg.weights}, offline ImageNet weights) with strategy {cfg.strategy} on 6 synthetic emotions ...")
+    m = train_classifier(cfg, progress=not args.quiet)
+    if m:  # under torchrun, only rank 0 returns the metrics
+        _print_summary(m, Path(cfg.out))
+    return 0

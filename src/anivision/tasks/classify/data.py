@@ -1,0 +1,207 @@
+"""What a classification run trains on, decided once.
+
+A run trains one of three things, and :func:`training_sets` picks it a single time:
+
+- ``features``: a linear probe on cached frozen-backbone features (the backbone runs once per
+  image, ever; the head trains in seconds);
+- ``prefix``: partial fine-tuning on cached activations of the frozen bottom of the backbone
+  (``--prefix-cache``: the top trains, the bottom runs once per image);
+- ``images``: everything else, through the decoded-image cache with augmentation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from anivision.data.cache import DecodedImages, decode_images, default_cache_dir
+from anivision.data.datasets import CachedImageDataset
+from anivision.data.folder import LabeledImages, load_labeled
+from anivision.data.splits import parse_ratios, read_split, split_indices, stratified_split, write_split
+from anivision.data.transforms import DataConfig, cache_size, eval_transform, train_transform
+from anivision.embeddings import embed_paths
+from anivision.engine.run import RunFolder
+from anivision.errors import AnivisionError
+from anivision.models.classifier import Classifier
+from anivision.models.split import split_frozen_prefix
+from anivision.strategies import Strategy
+from anivision.tasks.classify.config import TrainConfig
+from anivision.tasks.classify.model import classifier_optimizer
+
+log = logging.getLogger(__name__)
+
+KINDS = ("features", "prefix", "images")
+
+
+def prepare_split(cfg: TrainConfig, run_dir: Path) -> LabeledImages:
+    """The labelled images with their train/val/test assignment.
+
+    ``cfg.split`` (a frozen split CSV) wins; a CSV manifest with a ``split`` column is used as
+    is; otherwise a stratified split with ``cfg.ratios`` and ``cfg.seed`` is made and saved as
+    ``run_dir/split.csv`` (reused when the run resumes).
+    """
+    saved = run_dir / "split.csv"
+    if cfg.split:
+        return read_split(cfg.split)
+    if saved.exists():
+        return read_split(saved)
+    images = load_labeled(cfg.data)
+    if images.splits is None:
+        images.splits = stratified_split(images.labels, images.classes, parse_ratios(cfg.ratios), cfg.seed)
+        write_split(images, images.splits, saved)
+    return images
+
+
+@dataclass
+class RunData:
+    """The run's images, decoded once, and the readable indices of each split part."""
+
+    images: LabeledImages
+    decoded: DecodedImages
+    parts: dict[str, np.ndarray]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.images.labels, dtype=np.int64)
+
+
+def load_data(cfg: TrainConfig, run: RunFolder, dcfg: DataConfig, images: LabeledImages, progress: bool) -> RunData:
+    """Decode every image once (listing unreadable ones in ``skipped.txt``) and index the parts.
+
+    Raises:
+        AnivisionError: no readable training image, or no test image.
+    """
+    decoded = decode_images(images.paths, cache_size(dcfg), cache_dir=cfg.cache_dir or default_cache_dir(), progress=progress)
+    parts = {k: np.asarray([i for i in v if decoded.valid[i]], dtype=np.int64) for k, v in split_indices(images.splits or []).items()}
+    if decoded.errors:
+        run.write_text("skipped.txt", "\n".join(decoded.errors.values()) + "\n")
+    if len(parts["train"]) == 0:
+        raise AnivisionError(f"{cfg.data}: no readable training images")
+    if len(parts["test"]) == 0:
+        raise AnivisionError(f"{cfg.split or cfg.data}: the split has no test images")
+    return RunData(images, decoded, parts)
+
+
+@dataclass
+class TrainingSets:
+    """What the epochs train, on what.
+
+    Attributes:
+        kind: one of :data:`KINDS`.
+        train_set: training examples ``(x, y)``.
+        val_set: validation examples (may be empty).
+        trained: the module the loop calls (the head, the backbone's suffix + head, or the
+            whole classifier); it shares its parameters with the classifier.
+        optimizer: over every parameter ``trained`` may ever train.
+        features: (N, D) cached features of every image (``features`` only), for the test pass.
+    """
+
+    kind: str
+    train_set: Dataset
+    val_set: Dataset
+    trained: nn.Module
+    optimizer: torch.optim.Optimizer
+    features: torch.Tensor | None = None
+
+
+def training_sets(
+    cfg: TrainConfig, model: Classifier, dcfg: DataConfig, data: RunData, strategy: Strategy,
+    run: RunFolder, device: torch.device, progress: bool,
+) -> TrainingSets:
+    """Choose the training source once (see the module docstring) and build its datasets."""
+    if cfg.strategy == "linear_probe" and cfg.feature_cache:
+        return _feature_sets(cfg, model, dcfg, data, device, progress)
+    if cfg.strategy == "partial" and cfg.prefix_cache:
+        return _prefix_sets(cfg, model, dcfg, data, strategy, run, device, progress)
+    labels = data.labels
+    return TrainingSets(
+        "images",
+        CachedImageDataset(data.decoded, data.parts["train"], labels, train_transform(dcfg, cfg.aug)),
+        CachedImageDataset(data.decoded, data.parts["val"], labels, eval_transform(dcfg)),
+        model,
+        classifier_optimizer(cfg, model.head, model.backbone),
+    )
+
+
+def _feature_sets(cfg: TrainConfig, model: Classifier, dcfg: DataConfig, data: RunData, device: torch.device, progress: bool) -> TrainingSets:
+    # Linear probe on cached frozen features: the backbone runs once per image, ever.
+    feats = embed_paths(model.backbone, data.images.paths, dcfg, batch_size=64, cache_dir=cfg.cache_dir or default_cache_dir(), device=device, progress=progress)
+    feats_t = torch.from_numpy(feats.features)
+    labels = torch.from_numpy(data.labels)
+
+    def part(name: str) -> TensorDataset:
+        idx = data.parts[name]
+        return TensorDataset(feats_t[idx], labels[idx])
+
+    return TrainingSets("features", part("train"), part("val"), model.head, classifier_optimizer(cfg, model.head, None), feats_t)
+
+
+def _prefix_sets(
+    cfg: TrainConfig, model: Classifier, dcfg: DataConfig, data: RunData, strategy: Strategy,
+    run: RunFolder, device: torch.device, progress: bool,
+) -> TrainingSets:
+    # Partial fine-tuning without augmentation: the frozen bottom of the backbone gives every
+    # image the same activation in every epoch, so it runs once (cached on disk like features)
+    # and each epoch trains only the top. Rank 0 fills the cache; the other ranks read it.
+    strategy.apply(model, 0)
+    prefix, suffix, n_prefix = split_frozen_prefix(model.backbone, model.head)
+    # Only training and validation images need activations: the test split is scored once by
+    # the whole network with the best weights.
+    tv = np.concatenate([data.parts["train"], data.parts["val"]])
+    check_prefix_memory(prefix, dcfg, len(tv), device)
+    cache = cfg.cache_dir or default_cache_dir()
+    acts = run.main_first(lambda: embed_paths(
+        prefix, data.images.paths, dcfg, batch_size=64, cache_dir=cache, device=device,
+        progress=progress and run.is_main, desc="frozen prefix", indices=tv,
+    ))
+    acts_t = torch.from_numpy(acts.features)
+    log.info("partial: %d frozen stage(s) cached, activations %s per image", n_prefix, tuple(acts_t.shape[1:]))
+    n_train = len(data.parts["train"])
+    labels = data.labels
+    return TrainingSets(
+        "prefix",
+        TensorDataset(acts_t[:n_train], torch.from_numpy(labels[data.parts["train"]])),
+        TensorDataset(acts_t[n_train:], torch.from_numpy(labels[data.parts["val"]])),
+        suffix,
+        classifier_optimizer(cfg, model.head, model.backbone),
+    )
+
+
+def memory_budget_bytes() -> int | None:
+    """Half the machine's physical memory (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_prefix_memory(prefix: nn.Module, dcfg: DataConfig, n_images: int, device: torch.device) -> None:
+    """Refuse a prefix cache that would not fit in memory, before computing any of it.
+
+    The activations are held as float32 (N, ...) in RAM: tiny for a high cut of a small CNN
+    (Lite0 at 128 px: 12 KB per image) but large for a low cut or a ViT at 224 px
+    (197 x 768 floats = 0.6 MB per image for ViT-B/16).
+    """
+    budget = memory_budget_bytes()
+    if budget is None:
+        return
+    was_training = prefix.training
+    prefix.eval()
+    with torch.inference_mode():
+        shape = prefix(torch.zeros(1, 3, dcfg.img_size, dcfg.img_size, device=device)).shape[1:]
+    prefix.train(was_training)
+    need = n_images * math.prod(shape) * 4
+    if need > budget:
+        raise AnivisionError(
+            f"--prefix-cache: the frozen prefix's activations {tuple(shape)} would take {need / 2**30:.1f} GiB for "
+            f"{n_images} images, more than half this machine's memory; train without --prefix-cache, with fewer "
+            "--partial-groups or at a smaller --img-size"
+        )
