@@ -1,3 +1,5 @@
 """anivision: recognise what is in anime and manga character images."""
 
-__version__ = "0.1.0"
+from anivision.version import __version__
+
+__all__ = ["__version__"]

@@ -13,9 +13,9 @@ import logging
 import sys
 from typing import Sequence
 
-from anivision import __version__
 from anivision.commands import bench, classify, data, faces, fewshot, retrieval, synth
 from anivision.errors import AnivisionError
+from anivision.version import __version__
 
 log = logging.getLogger("anivision")
 

@@ -18,9 +18,13 @@ from collections import OrderedDict
 from typing import Callable
 
 import torch
+from timm.models.efficientnet import EfficientNet
+from timm.models.resnet import ResNet
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from anivision.errors import AnivisionError
+from anivision.models.vanilla_cnn import VanillaCNN
 
 
 class _Call(nn.Module):
@@ -64,12 +68,6 @@ def backbone_stages(backbone: nn.Module) -> tuple[list[tuple[str, nn.Module]], n
     Raises:
         AnivisionError: the architecture family has no known split.
     """
-    from timm.models.efficientnet import EfficientNet
-    from timm.models.resnet import ResNet
-    from timm.models.vision_transformer import VisionTransformer
-
-    from anivision.models.vanilla_cnn import VanillaCNN
-
     m = backbone
     head_methods = ("forward_features", "forward_head", "forward")
     if isinstance(m, EfficientNet) and not _overrides(m, EfficientNet, *head_methods):

@@ -23,6 +23,8 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from anivision.data.images import load_image, to_rgb  # noqa: E402
+
 DPI = 150
 CORRECT_COLOR = "#2ca02c"
 WRONG_COLOR = "#d62728"
@@ -336,14 +338,7 @@ def plot_cmc(cmc_curves: Mapping[str, np.ndarray], path: str | Path, title: str 
 
 def _as_image(item: ImageLike, max_side: int) -> Image.Image:
     """An RGB thumbnail of a PIL image or an image file (missing files raise AnivisionError)."""
-    if isinstance(item, Image.Image):
-        from anivision.data.images import to_rgb
-
-        img = to_rgb(item)
-    else:
-        from anivision.data.images import load_image
-
-        img = load_image(item)
+    img = to_rgb(item) if isinstance(item, Image.Image) else load_image(item)
     img = img.copy()
     img.thumbnail((max_side, max_side))  # keeps the PNG small and savefig fast
     return img
