@@ -39,7 +39,8 @@ from anivision.data.cache import default_cache_dir
 from anivision.data.reid import load_reid, summarize
 from anivision.data.synth import generate
 from anivision.reports.plots import plot_cmc
-from anivision.tasks.retrieval import SUMMARY_KEYS, RetrievalConfig, evaluate_baseline, train_run
+from anivision.reports.retrieval import SUMMARY_KEYS
+from anivision.tasks.retrieval import RetrievalConfig, evaluate_baseline, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """``anivision retrieval {train,evaluate,search}``: anime style retrieval on ``work/role`` data.
 
 Flags become a :class:`~anivision.tasks.retrieval.RetrievalConfig` here; everything else is in
-:mod:`anivision.tasks.retrieval`.
+the :mod:`anivision.tasks.retrieval` package.
 """
 
 from __future__ import annotations
@@ -14,21 +14,37 @@ from pathlib import Path
 from typing import Any
 
 from anivision.commands import print_help_when_bare
+from anivision.data.cache import default_cache_dir
+from anivision.data.images import is_image_file
+from anivision.data.reid import DEFAULT_FOLDS, DEFAULT_QUERY_RATIO, load_reid, summarize
+from anivision.embeddings import embed_paths
 from anivision.errors import AnivisionError
+from anivision.files import atomic_write_json
+from anivision.models.backbone import DEFAULT_BACKBONE, LITE0_ARCH, LITE0_WEIGHTS
+from anivision.models.reid_head import EmbeddingModel
+from anivision.reports.plots import plot_image_grid
+from anivision.tasks.retrieval import (
+    PRESETS,
+    RetrievalConfig,
+    build_gallery_index,
+    evaluate_baseline,
+    evaluate_run,
+    load_fold_model,
+    load_run_config,
+    pick_search_fold,
+    search,
+    train_run,
+)
 
 
 def _default_weights(backbone: str, weights: str | None) -> str:
     """``--weights`` default: the offline ImageNet weights for the default backbone, ``imagenet`` otherwise."""
-    from anivision.models.backbone import LITE0_ARCH, LITE0_WEIGHTS
-
     if weights:
         return weights
     return LITE0_WEIGHTS if backbone.split(".")[0] == LITE0_ARCH else "imagenet"
 
 
 def _cache_dir(args: argparse.Namespace) -> Path:
-    from anivision.data.cache import default_cache_dir
-
     return Path(args.cache_dir) if getattr(args, "cache_dir", None) else default_cache_dir()
 
 
@@ -40,8 +56,6 @@ def _command_line() -> str | None:
 
 
 def _load_data(path: str | None, what: str = "--data") -> Any:
-    from anivision.data.reid import load_reid, summarize
-
     if not path:
         raise AnivisionError(f"{what} ROOT is needed (ROOT/<work>/<role>/<image>, or a path,work,role CSV)")
     data = load_reid(path)
@@ -66,8 +80,6 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (and evaluate) every fold, or one with ``--fold``; rerun to resume."""
-    from anivision.tasks.retrieval import RetrievalConfig, train_run
-
     cfg = RetrievalConfig(
         backbone=args.backbone,
         weights=_default_weights(args.backbone, args.weights),
@@ -84,6 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         query_ratio=args.query_ratio,
         seed=args.seed,
         metric=args.metric,
+        grad_clip=args.grad_clip or None,
         amp=not args.no_amp,
         num_workers=args.workers,
     )
@@ -99,8 +112,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """A trained run on its folds, or (``--backbone``) the untrained baseline on the same folds."""
-    from anivision.tasks.retrieval import evaluate_baseline, evaluate_run, load_run_config
-
     progress = not getattr(args, "quiet", False)
     run = Path(args.run_dir) if args.run_dir else None
     run_cfg = load_run_config(run) if run else None
@@ -147,12 +158,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     """Most similar gallery images (and their works) for each query image."""
-    from anivision.data.images import is_image_file
-    from anivision.data.reid import load_reid
-    from anivision.embeddings import embed_paths
-    from anivision.models.reid_head import EmbeddingModel
-    from anivision.tasks.retrieval import build_gallery_index, load_fold_model, load_run_config, pick_search_fold, search
-
     if args.top_k < 1:
         raise AnivisionError("--top-k must be at least 1")
     run = Path(args.run_dir)
@@ -191,9 +196,6 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(f"  {i:>3}. {t['dist']:.4f}  {t['work']}/{t['role']}  {t['path']}")
         results.append({"query": q, "top": top})
     if args.out:
-        from anivision.files import atomic_write_json
-        from anivision.reports.plots import plot_image_grid
-
         out = Path(args.out)
         atomic_write_json(out / "search.json", {"run": str(run), "fold": fold, "gallery": str(args.gallery), "results": results})
         rows = [[(r["query"], "query", None)] + [(t["path"], f"{i}. {t['work']}", None) for i, t in enumerate(r["top"], 1)] for r in results[:20]]
@@ -207,10 +209,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``retrieval`` with its ``train``, ``evaluate`` and ``search`` sub-commands."""
-    from anivision.data.reid import DEFAULT_FOLDS, DEFAULT_QUERY_RATIO
-    from anivision.models.backbone import DEFAULT_BACKBONE
-    from anivision.tasks.retrieval import PRESETS, RetrievalConfig
-
     d = RetrievalConfig()
     top = subparsers.add_parser(
         "retrieval",
@@ -240,6 +238,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--triplet-features", default="normalized", choices=("normalized", "raw"),
                    help="triplet loss on L2-normalised (default: stable in short runs) or raw features (as the papers)")
     p.add_argument("--metric", default=d.metric, choices=("cosine", "euclidean"))
+    p.add_argument("--grad-clip", type=float, help="max total gradient norm (default: no clipping, as the papers)")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--workers", type=int, default=0, help="data-loading workers (default 0)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")

@@ -91,6 +91,9 @@ def load_checkpoint(
     state = json.loads((folder / "state.json").read_text())
     load_weights(model, folder / "model.safetensors")
     if optimizer is not None and "optimizer" in state and (folder / "optimizer.safetensors").exists():
+        # Keys a group has now but the saved groups lack (e.g. ``base_lr`` for a checkpoint of an
+        # older version) are kept rather than dropped by ``load_state_dict``.
+        current = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         try:
             optimizer.load_state_dict(_unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), state["optimizer"]))
         except ValueError as exc:  # another parameter-group layout: an older anivision wrote it
@@ -98,6 +101,9 @@ def load_checkpoint(
                 f"{folder}: the optimizer state does not fit this version's parameter groups ({exc}); "
                 "delete the checkpoint folder to restart this run"
             ) from exc
+        for group, before in zip(optimizer.param_groups, current):
+            for k, v in before.items():
+                group.setdefault(k, v)
     if "torch_rng" in state:
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
     return state
