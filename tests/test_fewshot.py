@@ -1,4 +1,8 @@
-"""Few-shot: class-disjoint splits, the vectorised evaluator against a naive loop, and the CLI end to end."""
+"""Few-shot: class-disjoint splits, the vectorised evaluator against a naive loop, and the CLI end to end.
+
+The prototypical network itself is tested in ``test_fewshot_protonet.py``, meta-training's
+resume and same-run rule in ``test_fewshot_train.py``.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ from PIL import Image, ImageDraw
 
 from anivision.cli import main
 from anivision.data.samplers import EpisodeSampler
+from anivision.engine.schedules import multistep
 from anivision.errors import AnivisionError
 from anivision.tasks import fewshot as fs
+from anivision.tasks.fewshot import train as fs_train
 
 TINY = ["--backbone", "test_efficientnet", "--weights", "none", "--img-size", "32"]
 
@@ -114,9 +120,13 @@ def test_loo_distances_match_naive() -> None:
 
 
 def test_multistep_lr() -> None:
-    lrs = [fs.multistep_lr(e, 100, 0.01) for e in range(100)]
+    """The few-shot recipe's schedule (x0.1 at 50% and 80% of the epochs) is the engine's multistep."""
+    cfg = fs.FewShotTrainConfig()
+    lrs = [multistep(e, 100, 0.01, cfg.milestones, cfg.gamma) for e in range(100)]
     assert lrs[49] == 0.01 and lrs[50] == pytest.approx(0.001) and lrs[79] == pytest.approx(0.001) and lrs[80] == pytest.approx(1e-4)
-    assert fs.multistep_lr(0, 1, 0.01) == 0.01
+    assert multistep(0, 1, 0.01) == 0.01
+    lr_fn = fs_train.epoch_lr(50, 100, cfg)
+    assert lr_fn(0, {"base_lr": 0.01}) == lr_fn(99, {"base_lr": 0.01}) == pytest.approx(0.001)
 
 
 # ---------------------------------------------------------------------- class splits
@@ -152,8 +162,8 @@ def test_train_resume_evaluate_enroll_identify(tmp_path: Path, monkeypatch: pyte
              "--n-way", "2", "--k-shot", "2", "--n-query", "2", "--val-episodes", "20", "--classes", "2/2/2",
              "--out", str(run), "--cache-dir", str(cache)]
 
-    # Interrupt the second epoch, then rerun the same command: it continues from epoch 2.
-    real = fs._train_episodes
+    # Interrupt the second epoch (Ctrl-C: exit 130), then rerun the same command: it continues from epoch 2.
+    real = fs_train.train_one_epoch
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -162,10 +172,10 @@ def test_train_resume_evaluate_enroll_identify(tmp_path: Path, monkeypatch: pyte
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fs, "_train_episodes", flaky)
+    monkeypatch.setattr(fs_train, "train_one_epoch", flaky)
     assert main(train) == 130
     assert json.loads((run / "checkpoint" / "state.json").read_text())["epoch"] == 1
-    monkeypatch.setattr(fs, "_train_episodes", real)
+    monkeypatch.setattr(fs_train, "train_one_epoch", real)
     assert main(train) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
@@ -226,10 +236,3 @@ def test_train_resume_evaluate_enroll_identify(tmp_path: Path, monkeypatch: pyte
         row = next(csv.DictReader(fh))
     assert row["pred_1"] == "unknown" and row["pred_2"] in meta["classes"] and row["dist_1"] == row["dist_2"]
 
-
-def test_train_errors_for_small_classes(tmp_path: Path) -> None:
-    data = make_shapes(tmp_path / "data", n_classes=4, n_per_class=4)
-    cfg = fs.FewShotTrainConfig(data=str(data), out=str(tmp_path / "run"), backbone="test_efficientnet", weights="none", img_size=32,
-                                classes="2/1/1", n_way=2, k_shot=2, n_query=3, cache_dir=str(tmp_path / "cache"))
-    with pytest.raises(AnivisionError, match=r"has 4 images; 2-shot \+ 3-query episodes need 5"):
-        fs.train_fewshot(cfg, progress=False)

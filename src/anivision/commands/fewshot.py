@@ -12,10 +12,23 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
 
 from anivision.commands import print_help_when_bare
 from anivision.errors import AnivisionError
+from anivision.files import atomic_write_csv
+from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
+from anivision.reports.fewshot import format_cell
+from anivision.tasks.fewshot import (
+    GRID_SHOTS,
+    GRID_WAYS,
+    BackboneSpec,
+    FewShotTrainConfig,
+    backbone_spec,
+    enroll_gallery,
+    evaluate_fewshot,
+    identify_paths,
+    train_fewshot,
+)
 
 
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
@@ -54,6 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--pretrain", choices=("none", "supervised"), default="none", help="supervised: cross-entropy on the training classes first, then episodes")
     p.add_argument("--pretrain-epochs", type=int, default=3)
+    p.add_argument("--grad-clip", type=float, help="max gradient norm (default: no clipping)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast) on CUDA; changes the numerics")
     p.add_argument("--min-crop-scale", type=float, default=0.08, help="RandomResizedCrop minimum area (default 0.08, torchvision's)")
     p.add_argument("--skip-small-classes", action="store_true", help="leave out classes with fewer than K + Q images (else an error)")
     p.add_argument("--workers", type=int, default=0)
@@ -99,15 +114,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
-    from anivision.tasks.fewshot import FewShotTrainConfig, train_fewshot
-
     cfg = FewShotTrainConfig(
         data=args.data, out=args.out, backbone=args.backbone or DEFAULT_BACKBONE, weights=args.weights or DEFAULT_WEIGHTS,
         img_size=args.img_size, classes=args.classes, ratios=args.ratios, seed=args.seed, epochs=args.epochs,
         episodes_per_epoch=args.episodes_per_epoch, n_way=args.n_way, k_shot=args.k_shot, n_query=args.n_query,
         val_episodes=args.val_episodes, val_max_per_class=args.val_max_per_class, distance=args.distance, lr=args.lr, min_crop_scale=args.min_crop_scale,
         pretrain=args.pretrain, pretrain_epochs=args.pretrain_epochs, skip_small_classes=args.skip_small_classes,
+        grad_clip=args.grad_clip or None, amp=args.amp,
         workers=args.workers, device=args.device, cache_dir=args.cache_dir,
     )
     s = train_fewshot(cfg, progress=not args.quiet)
@@ -123,15 +136,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spec(args: argparse.Namespace) -> Any:
-    from anivision.tasks.fewshot import backbone_spec
-
+def _spec(args: argparse.Namespace) -> BackboneSpec:
     return backbone_spec(args.run, args.backbone, args.weights, args.img_size)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from anivision.tasks.fewshot import GRID_SHOTS, GRID_WAYS, evaluate_fewshot, format_cell
-
     spec = _spec(args)
     data = args.data
     if not data:
@@ -161,8 +170,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from anivision.tasks.fewshot import enroll_gallery
-
     if args.k_shot is not None and args.k_shot < 1:
         raise AnivisionError("--k-shot must be at least 1")
     meta = enroll_gallery(
@@ -177,8 +184,6 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    from anivision.tasks.fewshot import identify_paths
-
     thr = args.threshold
     if thr is not None and math.isnan(thr):
         raise AnivisionError("--threshold must be a number")
@@ -187,8 +192,6 @@ def cmd_identify(args: argparse.Namespace) -> int:
         print(f"skipped: {reason}", file=sys.stderr)
     k = max((int(key.split("_")[1]) for r in rows for key in r if key.startswith("pred_")), default=1)
     if args.out:
-        from anivision.files import atomic_write_csv
-
         out = Path(args.out)
         fields = ["path"] + [f for i in range(1, k + 1) for f in (f"pred_{i}", f"dist_{i}")]
         atomic_write_csv(out, rows, fields, float_format="{:.6g}")

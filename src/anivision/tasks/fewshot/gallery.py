@@ -1,0 +1,235 @@
+"""Enrolment and open-set identification: a gallery is one prototype per character folder.
+
+Enrolling is :meth:`PrototypicalNetwork.process_support_set` on the gallery's embeddings;
+identifying is the distances of new images to those prototypes, with ``unknown`` beyond a
+threshold learnt from the enrolment images. Adding a character is adding a folder: no
+retraining.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from anivision.data.cache import decode_images, default_cache_dir
+from anivision.data.datasets import CachedImageDataset
+from anivision.data.folder import expand_inputs, scan_class_folders
+from anivision.data.transforms import cache_size, eval_transform
+from anivision.embeddings import embed_paths, forward_batches, model_fingerprint
+from anivision.errors import AnivisionError
+from anivision.files import atomic_write_json
+from anivision.models.protonet import PrototypicalNetwork, check_distance, episode_distances
+from anivision.tasks.fewshot.evaluate import BackboneSpec, build_backbone
+
+log = logging.getLogger(__name__)
+
+
+def loo_own_and_other(features: np.ndarray, labels: np.ndarray, protos: np.ndarray, distance: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Leave-one-out distances of enrolment images to their own and to the other prototypes.
+
+    The own prototype of image i is recomputed without i (``(n * p - x_i) / (n - 1)``), so the
+    distance is what a new, unseen image of that character would get.
+
+    Args:
+        features: (M, D); labels: (M,) in 0..C-1; protos: (C, D) means over all images.
+
+    Returns:
+        own (M,) distances (NaN for classes with a single image), other (M,) distance to the
+        nearest other prototype, and correct (M,) bool, whether the leave-one-out nearest
+        prototype is the right one.
+    """
+    f = torch.as_tensor(features, dtype=torch.float64)
+    p = torch.as_tensor(protos, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.int64)
+    counts = torch.bincount(y, minlength=p.shape[0]).to(torch.float64)
+    n = counts[y].unsqueeze(1)  # (M, 1)
+    loo = (n * p[y] - f) / (n - 1).clamp_min(1.0)  # (M, D)
+    own = episode_distances(f.unsqueeze(1), loo.unsqueeze(1), distance).reshape(-1)  # (M,): each image to its own LOO prototype
+    own[counts[y] < 2] = float("nan")
+    d_all = PrototypicalNetwork.from_prototypes(p, distance).distances(f)  # (M, C)
+    d_all[torch.arange(len(y)), y] = float("inf")
+    other = d_all.min(1).values
+    return own.numpy(), other.numpy(), (own < other).numpy()
+
+
+def _enrolment_images(labels: np.ndarray, valid: np.ndarray, classes: list[str], k_shot: int | None, seed: int, gallery: str) -> np.ndarray:
+    """Indices of the images to enrol, class by class: all readable ones, or K seeded-random ones.
+
+    Raises:
+        AnivisionError: a character with no readable image, or fewer than K.
+    """
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for c, name in enumerate(classes):
+        ok = np.flatnonzero((labels == c) & valid)
+        if len(ok) == 0:
+            raise AnivisionError(f"{gallery}/{name}: no readable image to enrol")
+        if k_shot is not None:
+            if len(ok) < k_shot:
+                raise AnivisionError(f"{gallery}/{name}: {len(ok)} readable image(s); --k-shot {k_shot} needs {k_shot}")
+            ok = np.sort(rng.choice(ok, size=k_shot, replace=False))
+        keep.extend(int(i) for i in ok)
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _save_prototypes(out_dir: Path, protos: np.ndarray) -> None:
+    """``out_dir/prototypes.safetensors`` with ``prototypes`` (C, D) float32, written atomically."""
+    tmp = out_dir / f"prototypes.safetensors.{os.getpid()}.tmp"
+    save_file({"prototypes": torch.from_numpy(protos)}, str(tmp))
+    os.replace(tmp, out_dir / "prototypes.safetensors")
+
+
+def enroll_gallery(
+    gallery: str,
+    out: str | Path,
+    spec: BackboneSpec,
+    k_shot: int | None = None,
+    seed: int = 0,
+    distance: str | None = None,
+    percentile: float = 95.0,
+    cache_dir: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Enrol one prototype per character folder of ``gallery``.
+
+    Open-set threshold rule: for every enrolment image, the leave-one-out distance to its own
+    character's prototype is computed (prototype re-averaged without that image). The
+    threshold is the ``percentile``-th percentile of these distances: a query farther than
+    that from every prototype is ``unknown``, so about ``100 - percentile`` % of genuine
+    images of enrolled characters are expected to be rejected. ``gallery.json`` records the
+    rule, the leave-one-out accuracy and the fraction of enrolment images whose nearest
+    *other* prototype is within the threshold (a rough impostor acceptance rate).
+
+    Writes ``out/prototypes.safetensors`` (``prototypes`` (C, D) float32) and ``out/gallery.json``.
+
+    Args:
+        gallery: class-per-folder images, one folder per character.
+        out: gallery folder to write.
+        spec: backbone to embed with.
+        k_shot: use K seeded-random readable images per character (default: all).
+        seed: seed for picking the K images.
+        distance: default: the run's distance, else euclidean.
+        percentile: of own-class leave-one-out distances, for the threshold.
+
+    Raises:
+        AnivisionError: no images, a character with no readable image or fewer than K.
+    """
+    distance = distance or spec.distance
+    check_distance(distance)
+    if not 0 < percentile <= 100:
+        raise AnivisionError(f"--threshold-percentile must be in (0, 100], got {percentile}")
+    images = scan_class_folders(gallery)
+    model, dcfg = build_backbone(spec, device)
+    emb = embed_paths(model, images.paths, dcfg, cache_dir=cache_dir or default_cache_dir(), progress=progress)
+    labels = np.asarray(images.labels, dtype=np.int64)
+    keep = _enrolment_images(labels, emb.valid, images.classes, k_shot, seed, gallery)
+    feats, labs = emb.features[keep], labels[keep]
+    protos = PrototypicalNetwork(distance=distance).process_support_set(torch.from_numpy(feats), torch.from_numpy(labs)).numpy().astype(np.float32)
+    own, other, correct = loo_own_and_other(feats, labs, protos, distance)
+    has_own = ~np.isnan(own)
+    threshold = float(np.percentile(own[has_own], percentile)) if has_own.any() else None
+    if threshold is None:
+        log.warning("every character has a single image: no leave-one-out distances, so no 'unknown' threshold")
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _save_prototypes(out_dir, protos)
+    meta = {
+        "classes": images.classes,
+        "counts": [int((labs == c).sum()) for c in range(len(images.classes))],
+        "backbone": spec.backbone,
+        "weights": spec.weights,
+        "run": spec.run,
+        "model_fingerprint": model_fingerprint(model),
+        "img_size": dcfg.img_size,
+        "crop_pct": dcfg.crop_pct,
+        "distance": distance,
+        "threshold": threshold,
+        "threshold_rule": f"{percentile:g}th percentile of leave-one-out distances of enrolment images to their own prototype",
+        "threshold_percentile": percentile,
+        "k_shot": k_shot,
+        "seed": seed,
+        "loo_accuracy": float(correct[has_own].mean()) if has_own.any() else None,
+        "impostor_within_threshold": float((other <= threshold).mean()) if threshold is not None else None,
+        "gallery": str(gallery),
+        "skipped": emb.skipped,
+    }
+    atomic_write_json(out_dir / "gallery.json", meta)
+    return meta | {"out": str(out_dir)}
+
+
+def load_gallery(gallery: str | Path) -> tuple[dict[str, Any], np.ndarray]:
+    """``(gallery.json contents, (C, D) prototypes)`` of a gallery folder."""
+    g = Path(gallery)
+    if not (g / "gallery.json").is_file() or not (g / "prototypes.safetensors").is_file():
+        raise AnivisionError(f"{g}: not a gallery folder (make one with 'anivision enroll')")
+    meta = json.loads((g / "gallery.json").read_text())
+    return meta, load_file(str(g / "prototypes.safetensors"))["prototypes"].numpy()
+
+
+def _ranked_rows(paths: list[str], valid: np.ndarray, dist: np.ndarray, classes: list[str], top_k: int, threshold: float | None) -> list[dict[str, Any]]:
+    """``path, pred_1, dist_1, ...`` rows, nearest first; ``unknown`` first beyond ``threshold``."""
+    k = min(top_k, len(classes))
+    order = np.argsort(dist, axis=1, kind="stable")
+    rows = []
+    for j, i in enumerate(valid):
+        ranked = [(classes[int(c)], float(dist[j, c])) for c in order[j, :k]]
+        if threshold is not None and ranked and ranked[0][1] > threshold:
+            ranked = [("unknown", ranked[0][1])] + ranked[: k - 1]
+        row: dict[str, Any] = {"path": paths[int(i)]}
+        for r, (name, d) in enumerate(ranked, 1):
+            row[f"pred_{r}"], row[f"dist_{r}"] = name, d
+        rows.append(row)
+    return rows
+
+
+def identify_paths(
+    gallery: str | Path,
+    inputs: list[str],
+    top_k: int = 3,
+    threshold: float | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Nearest enrolled characters of images, with ``unknown`` beyond the threshold.
+
+    Rows have ``path``, ``pred_1``, ``dist_1``, ... ``pred_K``, ``dist_K``, nearest first.
+    When the nearest distance exceeds the threshold, ``pred_1`` is ``unknown`` (``dist_1`` the
+    nearest distance) and the characters follow as ``pred_2`` ... (nearest first), so the
+    closest candidates stay visible.
+
+    Args:
+        gallery: folder written by :func:`enroll_gallery`.
+        inputs: image files, folders or glob patterns.
+        top_k: K.
+        threshold: override of the gallery's threshold; ``math.inf`` disables ``unknown``.
+
+    Returns:
+        (rows, skipped): ``skipped`` maps unreadable paths to their reason.
+
+    Raises:
+        AnivisionError: not a gallery, no input matches, or the backbone weights changed.
+    """
+    if top_k < 1:
+        raise AnivisionError("--top-k must be at least 1")
+    meta, protos = load_gallery(gallery)
+    spec = BackboneSpec(meta["backbone"], meta["weights"], int(meta["img_size"]), run=meta.get("run"), distance=meta["distance"], crop_pct=float(meta.get("crop_pct", 1.0)))
+    model, dcfg = build_backbone(spec, device)
+    if model_fingerprint(model) != meta.get("model_fingerprint"):
+        raise AnivisionError(f"{gallery}: the backbone weights {meta['weights']} changed since enrolment; re-run 'anivision enroll'")
+    paths = expand_inputs(inputs)
+    # Decoded here rather than via embed_paths: the reasons of unreadable files are reported.
+    decoded = decode_images(paths, cache_size(dcfg), cache_dir=None, progress=progress)
+    ds = CachedImageDataset(decoded, np.arange(len(paths)), None, eval_transform(dcfg))
+    feats = forward_batches(model, ds, batch_size=64, desc="identify", progress=progress) if len(ds) else np.zeros((0, protos.shape[1]), np.float32)
+    net = PrototypicalNetwork.from_prototypes(torch.as_tensor(protos, dtype=torch.float64), spec.distance)
+    dist = net.distances(torch.as_tensor(feats, dtype=torch.float64)).numpy()
+    thr = meta.get("threshold") if threshold is None else threshold
+    return _ranked_rows(paths, ds.indices, dist, meta["classes"], top_k, thr), dict(decoded.errors)
