@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -180,8 +179,4 @@ def load_run_config(run_dir: str | Path) -> RetrievalConfig:
     path = Path(run_dir) / "config.json"
     if not path.exists():
         raise AnivisionError(f"{run_dir}: not a retrieval run folder (no config.json)")
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise AnivisionError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
-    return RetrievalConfig.from_dict(saved, source=str(path))
+    return RetrievalConfig.load(path)
