@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
     {"engine"},
     {"embeddings"},
     {"tasks"},
+    {"api"},
     {"commands"},
     {"cli"},
     {"__init__"},

@@ -12,17 +12,18 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from anivision.data.cache import decode_images, files_fingerprint
+from anivision.data.cache import DecodedImages, decode_images, files_fingerprint
 from anivision.data.datasets import CachedImageDataset
-from anivision.data.transforms import cache_size, eval_transform
-from anivision.data.transforms import DataConfig
+from anivision.data.inputs import ImageInput, decode_inputs
+from anivision.data.transforms import DataConfig, cache_size, eval_transform
+from anivision.engine.loop import predict
 
 
 @dataclass
@@ -57,7 +58,6 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@torch.inference_mode()
 def forward_batches(
     model: nn.Module,
     dataset: CachedImageDataset,
@@ -66,17 +66,45 @@ def forward_batches(
     desc: str = "embed",
     progress: bool = True,
 ) -> np.ndarray:
-    """Run ``model`` in eval mode over ``dataset``: returns (len(dataset), ...) float32 outputs."""
-    device = device or next(model.parameters()).device
-    model.eval()
+    """Run ``model`` in eval mode over ``dataset`` (the engine's :func:`predict`): (len(dataset), ...) float32."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    outs = []
-    for x, _ in tqdm(loader, desc=desc, disable=None if progress else True, leave=False):
-        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        outs.append(model(x).float().cpu())
-    if not outs:
-        return np.zeros((0, 0), dtype=np.float32)
-    return torch.cat(outs).numpy()
+    return predict(model, loader, device, channels_last=True, desc=desc, progress=progress)[0]
+
+
+@dataclass
+class InputFeatures:
+    """Outputs of a model for the readable images among some inputs.
+
+    Attributes:
+        values: (M, ...) float32 outputs, one row per readable input.
+        rows: (M,) positions of those inputs in ``decoded.paths``.
+        decoded: every input, decoded (``errors`` names the unreadable ones).
+    """
+
+    values: np.ndarray
+    rows: np.ndarray
+    decoded: DecodedImages
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        return dict(self.decoded.errors)
+
+
+def embed_inputs(
+    model: nn.Module, images: ImageInput | Iterable[ImageInput], cfg: DataConfig, batch_size: int = 64,
+    device: torch.device | None = None, progress: bool = False, width: int | None = None,
+) -> InputFeatures:
+    """Outputs of ``model`` for any mix of paths, folders, globs, PIL images and uint8 arrays.
+
+    Images are decoded exactly as training data (:func:`~anivision.data.inputs.decode_inputs`),
+    then the eval transform; nothing is cached. ``width`` sizes the empty result when no input
+    is readable (default: ``model.num_features``).
+    """
+    decoded = decode_inputs(images, cache_size(cfg), progress=progress)
+    ds = CachedImageDataset(decoded, np.arange(len(decoded.paths)), None, eval_transform(cfg))
+    if len(ds) == 0:
+        return InputFeatures(np.zeros((0, width or int(getattr(model, "num_features", 0))), np.float32), ds.indices, decoded)
+    return InputFeatures(forward_batches(model, ds, batch_size, device, "predict", progress), ds.indices, decoded)
 
 
 def embed_paths(

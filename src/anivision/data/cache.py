@@ -89,7 +89,8 @@ class DecodedImages:
         return [p for p, ok in zip(self.paths, self.valid) if not ok]
 
 
-def _decode(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
+def decode_file(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
+    """One image file as (size, size, 3) uint8, or (None, one-line reason) when it is unreadable."""
     try:
         return resize_square(load_image(path), size), None
     except AnivisionError as exc:
@@ -142,7 +143,7 @@ def decode_images(
     errors: dict[str, str] = {}
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda p: _decode(p, size), paths, chunksize=1)
+        results = pool.map(lambda p: decode_file(p, size), paths, chunksize=1)
         for i, (img, err) in enumerate(tqdm(results, total=n, desc=f"decode {size}px", disable=None if progress else True, leave=False)):
             if img is None:
                 errors[paths[i]] = err or "unreadable"

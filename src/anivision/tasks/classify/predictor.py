@@ -1,0 +1,154 @@
+"""A trained classification run as an object: predict, probabilities and embeddings of any images.
+
+``anivision predict`` and the Python API (``anivision.load(run).predict(...)``) both go through
+:class:`ImageClassifier`, and images go through :func:`~anivision.data.inputs.decode_inputs`,
+the training pipeline's decoder: the same picture gives the same probabilities whichever way it
+comes in (a path, a PIL image or a numpy array).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from anivision.data.inputs import ImageInput
+from anivision.data.transforms import DataConfig
+from anivision.embeddings import InputFeatures, embed_inputs
+from anivision.engine.loop import softmax_np
+from anivision.errors import AnivisionError
+from anivision.models.classifier import Classifier
+from anivision.tasks.classify.config import TrainConfig
+from anivision.tasks.classify.model import load_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """The prediction for one image.
+
+    Attributes:
+        label: the most probable class.
+        prob: its probability.
+        topk: ``(label, probability)`` pairs, most probable first.
+        source: the image's path, or ``<image i>`` for the i-th in-memory image.
+    """
+
+    label: str
+    prob: float
+    topk: list[tuple[str, float]] = field(default_factory=list)
+    source: str = ""
+
+
+class ImageClassifier:
+    """A trained classifier run: ``predict``, ``predict_proba``, ``embed`` and ``evaluate``.
+
+    Build it with :meth:`load` (or ``anivision.load(run_dir)``). Calls are batched, show no
+    progress bar unless asked and print nothing.
+
+    Attributes:
+        model: the :class:`~anivision.models.classifier.Classifier` in eval mode.
+        classes: class names in output order.
+        data_config: input size and normalisation.
+        config: the run's :class:`TrainConfig`.
+        run_dir: the run folder.
+        metrics: the run's test metrics (``metrics.json``), or ``{}``.
+    """
+
+    def __init__(self, model: Classifier, classes: list[str], data_config: DataConfig, config: TrainConfig, run_dir: str | Path, metrics: dict[str, Any] | None = None) -> None:
+        self.model = model
+        self.classes = list(classes)
+        self.data_config = data_config
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.metrics = dict(metrics or {})
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str | None = None) -> "ImageClassifier":
+        """Rebuild a finished run from its folder (no hub access: the run's own weights)."""
+        model, cfg, classes, dcfg = load_run(run_dir, device)
+        metrics_path = Path(run_dir) / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        return cls(model, classes, dcfg, cfg, run_dir, metrics)
+
+    def __repr__(self) -> str:
+        return f"ImageClassifier({str(self.run_dir)!r}, backbone={self.config.backbone!r}, classes={len(self.classes)})"
+
+    # ------------------------------------------------------------------ outputs
+
+    def outputs(self, images: ImageInput | Iterable[ImageInput], what: str = "logits", batch_size: int = 64, progress: bool = False) -> InputFeatures:
+        """Logits (M, C) or backbone features (M, D) of the readable images, and which inputs they are."""
+        module = self.model if what == "logits" else self.model.backbone
+        width = len(self.classes) if what == "logits" else int(self.model.backbone.num_features)
+        return embed_inputs(module, images, self.data_config, batch_size, progress=progress, width=width)
+
+    def _strict(self, out: InputFeatures, skip_unreadable: bool) -> InputFeatures:
+        if out.skipped and not skip_unreadable:
+            first = next(iter(out.skipped.values()))
+            more = f" (and {len(out.skipped) - 1} more)" if len(out.skipped) > 1 else ""
+            raise AnivisionError(f"{first}{more}; pass skip_unreadable=True to predict the others")
+        for reason in out.skipped.values():
+            log.warning("skipped: %s", reason)
+        return out
+
+    def predict_proba(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 64, skip_unreadable: bool = False, progress: bool = False) -> np.ndarray:
+        """(N, C) class probabilities (float64, softmax of the logits), one row per readable input.
+
+        Raises:
+            AnivisionError: an unreadable file (unless ``skip_unreadable``), or a bad array.
+        """
+        out = self._strict(self.outputs(images, "logits", batch_size, progress), skip_unreadable)
+        return softmax_np(out.values.astype(np.float64)) if len(out.values) else np.zeros((0, len(self.classes)))
+
+    def predict(self, images: ImageInput | Iterable[ImageInput], top_k: int = 5, batch_size: int = 64, skip_unreadable: bool = False, progress: bool = False) -> list[Prediction]:
+        """The top-``k`` classes of each image (paths, folders, globs, PIL images, uint8 arrays).
+
+        Returns:
+            One :class:`Prediction` per readable input, in input order (folders sorted).
+
+        Raises:
+            AnivisionError: an unreadable file (unless ``skip_unreadable``), a bad array, or ``top_k < 1``.
+        """
+        if top_k < 1:
+            raise AnivisionError("top_k must be at least 1")
+        out = self._strict(self.outputs(images, "logits", batch_size, progress), skip_unreadable)
+        return self.rank(out, top_k)[0] if len(out.values) else []
+
+    def rank(self, out: InputFeatures, top_k: int = 5) -> tuple[list[Prediction], np.ndarray]:
+        """Predictions from :meth:`outputs`' logits, with the (M, C) probabilities."""
+        probs = softmax_np(out.values.astype(np.float64))
+        k = max(1, min(top_k, len(self.classes)))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        preds = []
+        for j, i in enumerate(out.rows):
+            top = [(self.classes[int(c)], float(probs[j, c])) for c in order[j]]
+            preds.append(Prediction(top[0][0], top[0][1], top, out.decoded.paths[int(i)]))
+        return preds, probs
+
+    def embed(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 64, skip_unreadable: bool = False, progress: bool = False) -> np.ndarray:
+        """(N, D) float32 backbone features (before the head), one row per readable input."""
+        return self._strict(self.outputs(images, "features", batch_size, progress), skip_unreadable).values.astype(np.float32)
+
+
+def predict_paths(run_dir: str | Path, inputs: list[str], top_k: int = 5, batch_size: int = 64, progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """``anivision predict``: top-k predictions of a run for image files, folders or globs.
+
+    Returns:
+        (rows, skipped): one row per readable image with ``path``, ``pred_i``, ``prob_i``;
+        ``skipped`` maps unreadable paths to their reason.
+    """
+    clf = ImageClassifier.load(run_dir)
+    out = clf.outputs(inputs, "logits", batch_size, progress)
+    preds = clf.rank(out, top_k)[0] if len(out.values) else []
+    rows = []
+    for p in preds:
+        row: dict[str, Any] = {"path": p.source}
+        for r, (label, prob) in enumerate(p.topk, 1):
+            row[f"pred_{r}"], row[f"prob_{r}"] = label, prob
+        rows.append(row)
+    return rows, out.skipped
