@@ -65,8 +65,8 @@ def test_heatmap_with_nan(tmp_path):
 def test_bars_with_errors(tmp_path):
     path = tmp_path / "bars.png"
     returned = plots.plot_bars_with_errors(
-        ["scratch", "linear probe", "fine-tune"], [0.41, 0.72, 0.85], [0.03, np.nan, 0.01],
-        path, "accuracy", "test accuracy (mean ± 95% CI)",
+        ["scratch", "linear probe", "fine-tune"], [41.25, 72.5, 85.0], [3.0, np.nan, 1.0],
+        path, "test accuracy (%)", "test accuracy (mean ± 95% CI)", fmt="{:.2f}",
     )
     _check_png(path, returned)
 

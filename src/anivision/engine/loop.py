@@ -164,7 +164,8 @@ def train_one_epoch(
         seen += bs
         step += 1
         elapsed = time.perf_counter() - t0
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", **{k: f"{v / seen:.3f}" for k, v in sums.items()}, img_s=f"{seen / max(elapsed, 1e-9):.0f}")
+        logged = {k: (f"{100 * v / seen:.2f}%" if k == "acc" else f"{v / seen:.3f}") for k, v in sums.items()}
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", **logged, img_s=f"{seen / max(elapsed, 1e-9):.0f}")
     n = max(seen, 1)
     return EpochStats(
         loss=total_loss / n,

@@ -265,11 +265,12 @@ def format_classification_report(metrics: dict[str, Any]) -> str:
         metrics: the dict returned by :func:`classification_metrics`.
 
     Returns:
-        Markdown text (no trailing newline), percentages with one decimal.
+        Markdown text (no trailing newline); accuracies, precision, recall, F1 and ECE in
+        percent with two decimals (``87.44%``), NLL as it is.
     """
 
     def pct(x: float) -> str:
-        return f"{100.0 * x:.1f}"
+        return f"{100.0 * x:.2f}%"
 
     def cell(name: str) -> str:
         # A "|" in a class name would split the Markdown cell.
@@ -281,9 +282,9 @@ def format_classification_report(metrics: dict[str, Any]) -> str:
     summary += [("f1_macro", "Macro F1"), ("f1_weighted", "Weighted F1")]
     for key, label in summary:
         if key in metrics:
-            lines.append(f"- {label}: {pct(metrics[key])}%")
+            lines.append(f"- {label}: {pct(metrics[key])}")
     lines.append(f"- NLL: {metrics['nll']:.4f}")
-    lines.append(f"- ECE: {pct(metrics['ece'])}%")
+    lines.append(f"- ECE: {pct(metrics['ece'])}")
     lines += ["", "| class | precision | recall | f1 | support |", "|---|---:|---:|---:|---:|"]
     for name, row in metrics["per_class"].items():
         lines.append(

@@ -157,10 +157,10 @@ def plot_reliability(reliability: Mapping[str, Sequence[Any]], ece: float, path:
 
 
 def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Loss and accuracy per epoch, train and (when present) validation.
+    """Loss and accuracy (in percent) per epoch, train and (when present) validation.
 
     Args:
-        history: one dict per epoch with ``epoch``, ``train_loss``, ``train_acc`` and optionally
+        history: one dict per epoch with ``epoch``, ``train_loss``, ``train_acc`` (a fraction) and optionally
             ``val_loss``, ``val_acc``; missing or None values are skipped, so runs without a
             validation split, or validating every few epochs, plot fine.
         path: output PNG file.
@@ -170,20 +170,20 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path)
     """
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
 
-    def series(key: str) -> tuple[list[float], list[float]]:
+    def series(key: str, scale: float) -> tuple[list[float], list[float]]:
         xs, ys = [], []
         for i, row in enumerate(history):
             value = row.get(key)
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 continue
             xs.append(row.get("epoch", i + 1))
-            ys.append(float(value))
+            ys.append(scale * float(value))
         return xs, ys
 
-    for ax, metric, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
+    for ax, metric, label, scale in ((ax_loss, "loss", "loss", 1.0), (ax_acc, "acc", "accuracy (%)", 100.0)):
         plotted = False
         for split, style in (("train", "-o"), ("val", "-s")):
-            xs, ys = series(f"{split}_{metric}")
+            xs, ys = series(f"{split}_{metric}", scale)
             if xs:
                 ax.plot(xs, ys, style, markersize=3, label=split)
                 plotted = True
@@ -269,6 +269,7 @@ def plot_bars_with_errors(
     path: str | Path,
     ylabel: str,
     title: str,
+    fmt: str = "{:.3g}",
 ) -> Path:
     """Bar chart of means with symmetric error bars (e.g. mean +- 95% CI over seeds).
 
@@ -279,6 +280,7 @@ def plot_bars_with_errors(
         path: output PNG file.
         ylabel: y-axis label, with its unit.
         title: figure title.
+        fmt: ``str.format`` pattern of the value written above each bar (``"{:.2f}"`` for percent).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -294,7 +296,7 @@ def plot_bars_with_errors(
            error_kw={"elinewidth": 1.0})
     for xi, m, e in zip(x, means, errors):
         if np.isfinite(m):
-            ax.text(xi, m + e, f"{m:.3g}", ha="center", va="bottom", fontsize=8)
+            ax.text(xi, m + e, fmt.format(m), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x)
     long_labels = any(len(str(label)) > 8 for label in labels) or n > 8
     ax.set_xticklabels(labels, rotation=30 if long_labels else 0,
@@ -324,7 +326,7 @@ def plot_cmc(cmc_curves: Mapping[str, np.ndarray], path: str | Path, title: str 
         curve = np.asarray(curve, dtype=np.float64)
         ranks = np.arange(1, curve.size + 1)
         ax.plot(ranks, 100.0 * curve, marker="o" if curve.size <= 20 else None, markersize=3,
-                label=f"{name} (R1 {100.0 * curve[0]:.1f}%)")
+                label=f"{name} (R1 {100.0 * curve[0]:.2f}%)")
     ax.set_xlabel("rank")
     ax.set_ylabel("matching rate (%)")
     ax.set_ylim(0, 100)

@@ -105,13 +105,13 @@ def write_bench_report(out: str | Path, rows: Sequence[Mapping[str, Any]]) -> Pa
     gain, gain_rows, gain_cols = accuracy_gain_matrix(rows)
     if gain.size and np.isfinite(gain).any():
         plot_heatmap(gain, gain_rows, gain_cols, out / "heatmap.png",
-                     title="accuracy gain over linear probe (points, mean over seeds)", fmt="{:+.1f}")
+                     title="accuracy gain over linear probe (points, mean over seeds)", fmt="{:+.2f}")
         files.append("heatmap.png")
     done = [c for c in summaries if c.n > 0]
     if done:
         plot_bars_with_errors([f"{c.backbone} / {c.strategy}" for c in done], [c.acc_mean for c in done],
                               [c.acc_ci for c in done], out / "bars.png", ylabel="test accuracy (%)",
-                              title="test accuracy per cell (mean ± 95% CI over seeds)")
+                              title="test accuracy per cell (mean ± 95% CI over seeds)", fmt="{:.2f}")
         files.append("bars.png")
 
     n_failed = sum(r.get("status") != "ok" for r in rows)
@@ -144,7 +144,7 @@ def write_bench_report(out: str | Path, rows: Sequence[Mapping[str, Any]]) -> Pa
         b = ranked[0]
         lines.append(f"Best cell: **{b.backbone} / {b.strategy}**, {b.acc_mean:.2f}% test accuracy (n={b.n}).")
     lines += ["", "## Table", "", _table1(summaries, backbones, strategies), "",
-              "Cells: accuracy % mean ± std over seeds (macro F1, test loss, epochs, s/epoch), n seeds.", "",
+              "Cells: accuracy (%) mean ± std over seeds (macro F1 (%), test loss, epochs, s/epoch), n seeds.", "",
               "## Files", "",
               "- [results.csv](results.csv): one row per backbone / strategy / seed with every scalar metric",
               "- [table.md](table.md): the table above, 95% confidence intervals, cost",

@@ -179,8 +179,13 @@ def _epochs(v: float) -> str:
     return _num(v, ".0f" if np.isfinite(v) and float(v).is_integer() else ".1f")
 
 
+def _pct(v: float, fmt: str = ".2f") -> str:
+    """A fraction in percent (``0.8744`` -> ``"87.44"``), ``"–"`` when missing."""
+    return _num(100.0 * v if v is not None else v, fmt)
+
+
 def _table1(summaries: Sequence[CellSummary], backbones: Sequence[str], strategies: Sequence[str]) -> str:
-    """Rows backbones, columns strategies: ``acc ± std (F1, loss, epochs, s/epoch) n=k``; best bold."""
+    """Rows backbones, columns strategies: ``acc ± std (F1 %, loss, epochs, s/epoch) n=k``; best bold."""
     by = {(c.backbone, c.strategy): c for c in summaries}
     lines = ["| backbone | " + " | ".join(strategies) + " |", "|---|" + "---|" * len(strategies)]
     for b in backbones:
@@ -195,7 +200,7 @@ def _table1(summaries: Sequence[CellSummary], backbones: Sequence[str], strategi
             acc = f"{c.acc_mean:.2f} ± {_num(c.acc_std, '.2f')}"
             if best is not None and c.acc_mean == best:
                 acc = f"**{acc}**"
-            text = f"{acc} ({_num(c.f1_mean, '.3f')}, {_num(c.loss_mean, '.3f')}, {_epochs(c.epochs_mean)}, {_secs(c.sec_per_epoch_mean)}) n={c.n}"
+            text = f"{acc} ({_pct(c.f1_mean)}, {_num(c.loss_mean, '.3f')}, {_epochs(c.epochs_mean)}, {_secs(c.sec_per_epoch_mean)}) n={c.n}"
             if c.n_failed:
                 text += f", {c.n_failed} failed"
             cells.append(text)
@@ -239,7 +244,7 @@ def write_table(out: Path, rows: Sequence[Mapping[str, Any]], summaries: Sequenc
         "# Benchmark table",
         "",
         f"Test accuracy (%) mean ± sample std over seeds ({', '.join(map(str, seeds))}); in brackets "
-        "macro F1, test loss (NLL), epochs run, seconds per epoch (means over seeds); n = seeds that finished. "
+        "macro F1 (%), test loss (NLL), epochs run, seconds per epoch (means over seeds); n = seeds that finished. "
         "Best strategy per backbone in bold.",
         "",
         _table1(summaries, backbones, strategies),
@@ -284,8 +289,8 @@ def write_per_class_f1(out: Path, rows: Sequence[Mapping[str, Any]], summaries: 
     """``per_class_f1.md``: per backbone, linear probe vs its best other strategy, per class."""
     backbones, strategies, _ = grid_axes(rows)
     lines = ["# Per-class F1", "",
-             "Test F1 per class, mean over seeds: the linear probe against the best other strategy "
-             "of each backbone (by mean accuracy); Δ = best − linear probe.", ""]
+             "Test F1 (%) per class, mean over seeds: the linear probe against the best other strategy "
+             "of each backbone (by mean accuracy); Δ = best − linear probe, in points.", ""]
     for b in backbones:
         best = _best_strategy(summaries, b, exclude=BASELINE)
         has_base = any(c.backbone == b and c.strategy == BASELINE and c.n > 0 for c in summaries)
@@ -301,9 +306,9 @@ def write_per_class_f1(out: Path, rows: Sequence[Mapping[str, Any]], summaries: 
         lines.append("|---|" + "---|" * (len(cols) + both))
         for c in classes:
             vals = [f1[s].get(c, float("nan")) for s in cols]
-            cells = [_num(v, ".3f") for v in vals]
+            cells = [_pct(v) for v in vals]
             if both:
-                cells.append(_num(vals[1] - vals[0], "+.3f"))
+                cells.append(_pct(vals[1] - vals[0], "+.2f"))
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
         lines.append("")
     path = out / "per_class_f1.md"
