@@ -348,15 +348,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def test_cli_strict_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root, split = make_split_dataset(tmp_path)
     out = tmp_path / "rep"
-    args = parse(["data", "check", str(root), "--split", str(split), "--out", str(out), "--no-progress"])
+    args = parse(["data", "check", str(root), "--split", str(split), "--out", str(out)])
     assert args.func(args) == 0  # findings alone do not fail without --strict
     assert (out / "check.md").is_file() and (out / "check.json").is_file()
     assert f"report: {out / 'check.md'}" in capsys.readouterr().out
-    args = parse(["data", "check", str(root), "--split", str(split), "--out", str(out), "--strict", "--no-progress"])
+    args = parse(["data", "check", str(root), "--split", str(split), "--out", str(out), "--strict"])
     assert args.func(args) == 1
     clean = tmp_path / "clean"
     make_dataset(clean, n_classes=2, n_per_class=3)
-    args = parse(["data", "check", str(clean), "--out", str(out), "--strict", "--no-progress"])
+    args = parse(["data", "check", str(clean), "--out", str(out), "--strict"])
     assert args.func(args) == 0
 
 
@@ -364,14 +364,14 @@ def test_cli_default_out_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     root = tmp_path / "mydata"
     make_dataset(root, n_classes=2, n_per_class=2)
     monkeypatch.chdir(tmp_path)
-    args = parse(["data", "check", "mydata", "--no-progress"])
+    args = parse(["data", "check", "mydata"])
     assert args.func(args) == 0
     assert (tmp_path / "check-mydata" / "check.md").is_file()
     with pytest.raises(AnivisionError, match="no such"):
-        args = parse(["data", "check", str(tmp_path / "missing"), "--no-progress"])
+        args = parse(["data", "check", str(tmp_path / "missing")])
         args.func(args)
     bad = tmp_path / "bad.csv"
     bad.write_text("path,label,split\nmydata/class0/img0.png,class0,holdout\n")
     with pytest.raises(AnivisionError, match="unknown split name"):
-        args = parse(["data", "check", "mydata", "--split", str(bad), "--no-progress"])
+        args = parse(["data", "check", "mydata", "--split", str(bad)])
         args.func(args)

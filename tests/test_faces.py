@@ -220,7 +220,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def test_cli_crop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "src"
     make_tree(src)
-    args = parse(["faces", "crop", str(src), str(tmp_path / "dst"), "--square", "--size", "48", "--no-progress"])
+    args = parse(["faces", "crop", str(src), str(tmp_path / "dst"), "--square", "--size", "48"])
     assert args.margin == 0.25 and args.min_size == 32
     assert args.func(args) == 0
     out = capsys.readouterr().out

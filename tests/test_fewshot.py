@@ -188,7 +188,7 @@ def test_train_resume_evaluate_enroll_identify(tmp_path: Path, monkeypatch: pyte
 
     # Evaluate on the run's held-out test classes.
     out = tmp_path / "eval"
-    assert main(["-q", "fewshot", "evaluate", "--run", str(run), "--n-way", "2", "--k-shot", "1", "--n-query", "3",
+    assert main(["-q", "fewshot", "evaluate", str(run), "--n-way", "2", "--k-shot", "1", "--n-query", "3",
                  "--episodes", "50", "--out", str(out), "--cache-dir", str(cache)]) == 0
     r = json.loads((out / "fewshot.json").read_text())
     assert r["classes"] == split["test"] and r["episodes"] == 50 and 0 <= r["accuracy"] <= 1 and r["ci95"] >= 0
@@ -202,7 +202,7 @@ def test_train_resume_evaluate_enroll_identify(tmp_path: Path, monkeypatch: pyte
     assert "n/a [" in (grid / "fewshot.md").read_text()
     # Too few classes for one evaluation: a one-line error, exit 2.
     capsys.readouterr()
-    assert main(["-q", "fewshot", "evaluate", "--run", str(run), "--n-way", "5", "--k-shot", "1", "--n-query", "2", "--cache-dir", str(cache)]) == 2
+    assert main(["-q", "fewshot", "evaluate", str(run), "--n-way", "5", "--k-shot", "1", "--n-query", "2", "--cache-dir", str(cache)]) == 2
     assert "5-way episodes need 5 classes" in capsys.readouterr().err
 
     # Enrol 3 characters (one unreadable file), identify files, a folder and a glob.
@@ -213,7 +213,7 @@ def test_train_resume_evaluate_enroll_identify(tmp_path: Path, monkeypatch: pyte
             (gallery_src / c / f.name).write_bytes(f.read_bytes())
     (gallery_src / "char0" / "broken.png").write_bytes(b"not an image")
     gallery = tmp_path / "gallery"
-    assert main(["-q", "enroll", "--run", str(run), "--gallery", str(gallery_src), "--out", str(gallery), "--cache-dir", str(cache)]) == 0
+    assert main(["-q", "enroll", str(run), str(gallery_src), "--out", str(gallery), "--cache-dir", str(cache)]) == 0
     meta = json.loads((gallery / "gallery.json").read_text())
     assert meta["classes"] == ["char0", "char1", "char2"] and meta["counts"] == [5, 5, 5] and meta["threshold"] > 0
     assert (gallery / "prototypes.safetensors").exists()

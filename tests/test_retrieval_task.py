@@ -140,9 +140,9 @@ def test_train_evaluate_search_end_to_end(tmp_path: Path, capsys: pytest.Capture
 
     capsys.readouterr()
     query = str(data / "work_01" / "role_00" / "role_00_00000.jpg")
-    assert _cli(["retrieval", "search", str(run), "--gallery", str(data), query, "--top-k", "3"]) == 0
+    assert _cli(["retrieval", "search", str(run), "--gallery-images", str(data), query, "--top-k", "3"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(query) and "nearest work" in out and out.count("work_") >= 3
     assert len(list((run / "search_index").glob("gallery-*.npz"))) == 1
-    assert _cli(["retrieval", "search", str(run), "--gallery", str(data), query]) == 0  # reuses the index
+    assert _cli(["retrieval", "search", str(run), "--gallery-images", str(data), query]) == 0  # reuses the index
     assert len(list((run / "search_index").glob("gallery-*.npz"))) == 1

@@ -166,7 +166,7 @@ def test_register_and_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     out = tmp_path / "cli"
     args = parser.parse_args(
         ["synth", "--task", "style", "--out", str(out), "--n-per-class", "1", "--size", "24",
-         "--n-works", "2", "--roles-per-work", "1", "--no-progress"]
+         "--n-works", "2", "--roles-per-work", "1"]
     )
     assert args.func(args) == 0
     line = capsys.readouterr().out.strip()

@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Sequence
 
-from anivision.commands import bench, classify, data, faces, fewshot, retrieval, synth
+from anivision.commands import Parser, bench, classify, data, faces, fewshot, retrieval, synth
 from anivision.errors import AnivisionError
 from anivision.version import __version__
 
@@ -24,13 +24,15 @@ COMMAND_MODULES = (classify, synth, data, faces, bench, fewshot, retrieval)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="anivision",
         description="Recognise what is in anime and manga character images.",
-        epilog="Add --debug anywhere to see tracebacks.",
+        epilog="-q and --debug (tracebacks instead of one-line errors) work anywhere on the line. "
+        "'anivision COMMAND --help' lists a command's options and their defaults.",
     )
     parser.add_argument("--version", action="version", version=f"anivision {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars or per-epoch lines, in every command (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
@@ -52,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [a for a in argv if a not in ("--debug", "--quiet", "-q")]
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.quiet = quiet
+    args.quiet = quiet or bool(getattr(args, "quiet", False))  # also set by the deprecated --no-progress
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

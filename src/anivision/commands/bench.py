@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from anivision.commands import add_shared
 from anivision.commands.classify import add_train_args
 from anivision.engine.distributed import init_distributed
 from anivision.errors import AnivisionError
@@ -43,15 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         conflict_handler="resolve",
     )
     add_train_args(p)
-    p.add_argument("--data", help="class-per-folder dataset or CSV manifest")
-    p.add_argument("--split", help="frozen split CSV for every cell (default: make BENCH_DIR/split.csv with the first seed)")
+    p.add_argument("--data", help="class-per-folder dataset or CSV manifest (default: the images of --split)")
+    p.add_argument("--split", metavar="SPLIT.csv",
+                   help="frozen split CSV for every cell (default: a new split by --ratios with the first seed, saved as BENCH_DIR/split.csv)")
     p.add_argument("--backbones", required=True, help="comma-separated timm model names, e.g. resnet18,vit_small_patch16_224")
-    p.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma-separated strategies (default {','.join(STRATEGIES)})")
-    p.add_argument("--seeds", default="42", help="comma-separated integer seeds (default 42)")
+    p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated fine-tuning strategies")
+    p.add_argument("--seeds", default="42", help="comma-separated integer seeds, one cell each")
     p.add_argument("--weights", help="starting weights for every backbone (default: efficientnet_lite0_imagenet for "
                    "tf_efficientnet_lite0, none for vanilla_cnn, imagenet otherwise)")
-    p.add_argument("--weights-map", help="per-backbone weights: backbone=W,backbone=W (overrides --weights)")
-    p.add_argument("--out", required=True, help="benchmark folder BENCH_DIR (rerun the same command to resume)")
+    p.add_argument("--weights-map", help="per-backbone weights: backbone=W,backbone=W, overriding --weights (default: none)")
+    add_shared(p, "--out", "the benchmark folder (rerun the same command to resume)", required=True, metavar="BENCH_DIR")
     # The grid owns these; a single-value train flag here is almost certainly a typo for the list form.
     p.add_argument("--backbone", dest="single_backbone", help=argparse.SUPPRESS)
     p.add_argument("--strategy", dest="single_strategy", help=argparse.SUPPRESS)

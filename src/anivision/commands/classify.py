@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from anivision.commands import add_shared
 from anivision.data.cache import default_cache_dir
 from anivision.data.folder import load_labeled
 from anivision.data.splits import parse_ratios, stratified_split, write_split
@@ -21,78 +22,94 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``split``, ``train``, ``evaluate``, ``predict`` and ``demo``."""
     sub = subparsers
     p = sub.add_parser("split", help="stratified, frozen train/val/test split with content hashes")
-    p.add_argument("data", help="class-per-folder dataset or CSV manifest")
-    p.add_argument("--ratios", default="70/15/15", help="70/15/15 (emotion study), 72/18/10 (AniWho), 70/30 (no validation), or any a/b/c")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--out", required=True, help="split CSV to write (path,label,split,sha1)")
+    p.add_argument("data", metavar="DATA", help="class-per-folder dataset or CSV manifest")
+    p.add_argument("--ratios", default="70/15/15",
+                   help="train/val/test shares: 70/15/15 (emotion study), 72/18/10 (AniWho), 70/30 (no validation), or any a/b/c")
+    add_shared(p, "--seed", "of the split", default=42)
+    add_shared(p, "--out", "the split CSV (path,label,split,sha1)", required=True, metavar="SPLIT.csv")
     p.set_defaults(func=cmd_split)
 
-    p = sub.add_parser("train", help="train a classifier with one of four fine-tuning strategies")
+    p = sub.add_parser("train", help="train a classifier with one of four fine-tuning strategies",
+                       description="Train a classifier. Options left out come from --recipe (then --config); "
+                       "rerun the same command to resume an interrupted run.")
     add_train_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a trained run on its test split or on a folder")
-    p.add_argument("run_dir")
-    p.add_argument("--data", help="evaluate on every image of this class-per-folder dataset")
-    p.add_argument("--out", help="output folder (default RUN_DIR/eval or RUN_DIR/eval-<data>)")
+    p.add_argument("run_dir", metavar="RUN", help="run folder from 'anivision train'")
+    p.add_argument("--data", help="evaluate on every image of this class-per-folder dataset (default: the run's test split)")
+    add_shared(p, "--out", "the evaluation folder", default_text="RUN/eval, or RUN/eval-<DATA name> with --data", metavar="DIR")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="top-k predictions for image files, folders or globs")
-    p.add_argument("run_dir")
-    p.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", help="CSV path,pred_1,prob_1,...,pred_K,prob_K (default: print)")
+    p.add_argument("run_dir", metavar="RUN", help="run folder from 'anivision train'")
+    p.add_argument("paths", nargs="+", metavar="IMAGES", help="image files, folders or glob patterns")
+    add_shared(p, "--top-k", default=5)
+    add_shared(p, "--batch-size", default=64)
+    add_shared(p, "--out", "a CSV path,pred_1,prob_1,...,pred_K,prob_K", default_text="print them", metavar="CSV")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="offline demo: synthetic emotion faces, offline ImageNet EfficientNet-Lite0, report")
-    p.add_argument("--out", default="anivision-demo", help="demo folder (default ./anivision-demo)")
-    p.add_argument("--strategy", default="linear_probe", choices=STRATEGIES)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--n-per-class", type=int, default=60)
+    add_shared(p, "--out", "the demo folder (synthetic data in DIR/data, the run in DIR/run)", default="anivision-demo", metavar="DIR")
+    p.add_argument("--strategy", default="linear_probe", choices=STRATEGIES, help="fine-tuning strategy")
+    add_shared(p, "--epochs", default=20)
+    p.add_argument("--n-per-class", type=int, default=60, help="synthetic images per emotion (6 emotions)")
     p.set_defaults(func=cmd_demo)
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """Every ``anivision train`` option (also accepted by ``anivision bench`` for every cell)."""
-    # Defaults are None so that only flags the user gave override the recipe and the YAML file.
-    p.add_argument("--data", help="class-per-folder dataset, or a CSV manifest path,label[,split]")
-    p.add_argument("--split", help="frozen split CSV from 'anivision split' (default: make a 70/15/15 split in RUN_DIR)")
-    p.add_argument("--ratios", help="split ratios when no --split is given (default 70/15/15)")
-    p.add_argument("--backbone", help="any timm model name, or vanilla_cnn (default tf_efficientnet_lite0)")
-    p.add_argument("--weights", help="imagenet | none | efficientnet_lite0_imagenet (offline default) | FILE.safetensors/.pth")
-    p.add_argument("--strategy", choices=STRATEGIES, help="fine-tuning strategy (default full)")
-    p.add_argument("--recipe", choices=("default", "fer", "aniwho"), help="named hyper-parameter preset; flags override it")
-    p.add_argument("--config", help="YAML file of TrainConfig keys; flags override it")
-    p.add_argument("--img-size", type=int, help="input side in pixels (default 128)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--lr-head", type=float)
-    p.add_argument("--lr-backbone", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--optimizer", choices=("adamw", "sgd"))
-    p.add_argument("--schedule", choices=("cosine", "plateau", "constant"))
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    p.add_argument("--monitor", choices=("val_acc", "val_loss"))
-    p.add_argument("--grad-clip", type=float, help="max gradient norm (0 disables)")
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--partial-groups", type=int, help="partial: number of top backbone groups to train (default 1)")
-    p.add_argument("--unfreeze-every", type=int, help="progressive: epochs between unfreezing one more group (default 2)")
-    p.add_argument("--progressive-groups", type=int, help="progressive: most top groups to unfreeze (default all)")
-    p.add_argument("--no-feature-cache", action="store_true", help="linear probe: train through the frozen backbone with augmentation instead of on cached features")
+    # Defaults are None so that only flags the user gave override the recipe and the YAML file;
+    # the help says the value a run gets without the flag.
+    p.add_argument("--data", help="class-per-folder dataset, or a CSV manifest path,label[,split] (default: the images of --split)")
+    p.add_argument("--split", metavar="SPLIT.csv",
+                   help="frozen split CSV from 'anivision split' (default: a new split by --ratios, saved in the run folder)")
+    p.add_argument("--ratios", help="train/val/test shares of the new split when no --split is given (default: 70/15/15)")
+    p.add_argument("--backbone", help="any timm model name, or vanilla_cnn (default: tf_efficientnet_lite0)")
+    p.add_argument("--weights", help="starting weights: imagenet (timm's hub, needs a network) | none | efficientnet_lite0_imagenet "
+                   "(offline, for tf_efficientnet_lite0) | FILE.safetensors/.pth (default: efficientnet_lite0_imagenet)")
+    p.add_argument("--strategy", choices=STRATEGIES, help="fine-tuning strategy (default: full)")
+    p.add_argument("--recipe", choices=("default", "fer", "aniwho"),
+                   help="named hyper-parameter preset; flags override it (default: 'default': 128 px, AdamW, a short cosine schedule)")
+    p.add_argument("--config", metavar="YAML", help="YAML file of TrainConfig keys; flags override it (default: none)")
+    add_shared(p, "--img-size", default_text="the recipe's: 128; fer 224, aniwho 96")
+    add_shared(p, "--epochs", default_text="the recipe's: 10, 20 for linear_probe; fer 20-40, aniwho 100")
+    add_shared(p, "--batch-size", default_text="32")
+    add_shared(p, "--seed", "of the split, initialisation, augmentation and data order", default_text="42")
+    p.add_argument("--lr-head", type=float, help="learning rate of the new classifier head (default: the recipe's: 3e-3; fer 1e-3, aniwho 5e-3)")
+    p.add_argument("--lr-backbone", type=float,
+                   help="learning rate of the backbone (default: the recipe's: 5e-4; fer 1e-5 full, 1e-4 partial/progressive; aniwho 5e-3)")
+    p.add_argument("--weight-decay", type=float,
+                   help="weight decay, none on biases and norm layers (default: the recipe's: 0.02; fer 1e-4, aniwho 0)")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), help="optimizer (default: the recipe's: adamw; aniwho sgd with momentum 0.9)")
+    p.add_argument("--schedule", choices=("cosine", "plateau", "constant"),
+                   help="learning-rate schedule: warmup then cosine, divide on a stalled --monitor, or constant "
+                   "(default: the recipe's: cosine; aniwho plateau, fer constant for linear_probe and partial)")
+    p.add_argument("--warmup-epochs", type=float,
+                   help="epochs of linear learning-rate warmup, fractions allowed (default: the recipe's: 1, 0 for linear_probe; fer 0 or 3)")
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: the recipe's: 5; fer 5-10, aniwho 6)")
+    p.add_argument("--monitor", choices=("val_acc", "val_loss"),
+                   help="validation value that picks the best epoch and stops early (default: the recipe's: val_acc; aniwho val_loss)")
+    p.add_argument("--grad-clip", type=float,
+                   help="max gradient norm, 0 disables (default: the recipe's: 1.0; none in aniwho and fer linear_probe/partial)")
+    p.add_argument("--dropout", type=float, help="dropout before the classifier head (default: 0.2)")
+    p.add_argument("--label-smoothing", type=float,
+                   help="label smoothing of the cross-entropy loss (default: the recipe's: 0.1, 0 for linear_probe; fer and aniwho 0)")
+    p.add_argument("--partial-groups", type=int, help="partial: number of top backbone groups to train (default: 1)")
+    p.add_argument("--unfreeze-every", type=int, help="progressive: epochs between unfreezing one more group (default: the recipe's: 2; fer 3)")
+    p.add_argument("--progressive-groups", type=int, help="progressive: most top groups to unfreeze (default: all)")
+    p.add_argument("--no-feature-cache", action="store_true",
+                   help="linear probe: train through the frozen backbone with augmentation instead of on cached features")
     p.add_argument(
         "--prefix-cache", action="store_true",
         help="partial: run the frozen bottom of the backbone once per image and train the top on its cached "
         "activations (switches training augmentation off; other strategies ignore it)",
     )
-    p.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast) on CUDA; ignored on CPU")
-    p.add_argument("--workers", type=int, help="data-loading worker processes (default 0: best on a 2-core CPU)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--cache-dir", help="decoded-image and feature caches (default $ANIVISION_CACHE or ~/.cache/anivision)")
-    p.add_argument("--out", help="run folder (rerun the same command to resume)")
+    add_shared(p, "--amp", default=False)
+    add_shared(p, "--workers", default_text="0: best on a 2-core CPU")
+    add_shared(p, "--device")
+    add_shared(p, "--cache-dir")
+    add_shared(p, "--out", "the run folder (rerun the same command to resume)", required=True, metavar="RUN")
 
 
 def build_train_config(args: argparse.Namespace) -> TrainConfig:

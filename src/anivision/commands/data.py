@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from anivision.commands import print_help_when_bare
+from anivision.commands import add_shared, deprecated, print_help_when_bare
 from anivision.data.checks import DEFAULT_MIN_SIZE, check_dataset, has_blocking_problems, write_check_report
 from anivision.data.hashing import PHASH_THRESHOLD
 from anivision.errors import AnivisionError
@@ -34,16 +34,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("dir", metavar="DIR", help="class-per-folder dataset DIR/<class>/<image>, or a CSV manifest")
-    p.add_argument("--split", metavar="SPLIT.csv", help="split file path,label,split,sha1 from 'anivision split': check leakage")
+    p.add_argument("--split", metavar="SPLIT.csv",
+                   help="split CSV path,label,split,sha1 from 'anivision split': check leakage across its parts (default: none)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 on leakage or label conflicts")
-    p.add_argument("--out", metavar="DIR", help="report folder (default ./check-<DIR name>)")
-    p.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE,
-                   help=f"list images whose shorter side is below this many pixels (default {DEFAULT_MIN_SIZE})")
+    add_shared(p, "--out", "the report folder (check.md, check.json)", default_text="./check-<DIR name>", metavar="DIR")
+    p.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE, help="list images whose shorter side is below this many pixels")
     p.add_argument("--near-threshold", type=int, default=PHASH_THRESHOLD,
-                   help=f"largest pHash distance in bits (of 64) for near-duplicates (default {PHASH_THRESHOLD})")
-    p.add_argument("--workers", type=int, default=1,
-                   help="processes decoding images (default 1; on 2 shared cores more did not pay)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+                   help="largest pHash distance in bits (of 64) for near-duplicates")
+    add_shared(p, "--workers", "(1: in this process; on 2 shared cores more did not pay)", default=1)
+    deprecated(p, "--no-progress", "-q/--quiet", sets=("quiet", True))
     p.set_defaults(func=run_check)
 
 
@@ -70,7 +69,7 @@ def run_check(args: argparse.Namespace) -> int:
         raise AnivisionError("--workers must be at least 1")
     if not Path(args.dir).exists():
         raise AnivisionError(f"{args.dir}: no such dataset folder or manifest")
-    quiet = getattr(args, "quiet", False) or args.no_progress
+    quiet = getattr(args, "quiet", False)
     result = check_dataset(
         args.dir,
         split_csv=args.split,
@@ -86,7 +85,7 @@ def run_check(args: argparse.Namespace) -> int:
         f"{len(result['corrupt'])} corrupt, {len(result['duplicates'])} exact-duplicate group(s), "
         f"{len(result['near_duplicates'])} near-duplicate group(s), "
         f"{len(result['label_conflicts'])} label conflict(s), {len(result['leakage'])} leakage group(s), "
-        f"{len(result['tiny'])} tiny, {100 * result['grayscale_fraction']:.1f}% greyscale"
+        f"{len(result['tiny'])} tiny, {100 * result['grayscale_fraction']:.2f}% greyscale"
     )
     print(f"report: {md_path}")
     if args.strict and has_blocking_problems(result):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from anivision.commands import print_help_when_bare
+from anivision.commands import deprecated, print_help_when_bare
 from anivision.data.faces import CascadeDetector, crop_faces
 
 
@@ -30,17 +30,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", metavar="SRC", help="image folder (searched recursively) or one image")
     p.add_argument("dst", metavar="DST", help="output folder")
-    p.add_argument("--margin", type=float, default=0.25,
-                   help="grow each face box by this fraction of its size on every side (default 0.25)")
-    p.add_argument("--min-size", type=int, default=32, help="ignore faces smaller than this many pixels (default 32)")
+    p.add_argument("--margin", type=float, default=0.25, help="grow each face box by this fraction of its size on every side")
+    p.add_argument("--min-size", type=int, default=32, help="ignore faces smaller than this many pixels")
     p.add_argument("--square", action="store_true", help="square crops (shifted, not cut, at image edges)")
-    p.add_argument("--size", type=int, help="resize crops: N x N with --square, else longer side N")
+    p.add_argument("--size", type=int, help="resize crops: N x N with --square, else longer side N (default: keep the crop's size)")
     p.add_argument("--detector-file", metavar="XML", help="OpenCV cascade XML (default: the packaged anime-face cascade)")
-    p.add_argument("--scale-factor", type=float, default=1.1,
-                   help="detector pyramid step (default 1.1; 1.05 finds more faces, twice as slow)")
+    p.add_argument("--scale-factor", type=float, default=1.1, help="detector pyramid step; 1.05 finds more faces, twice as slow")
     p.add_argument("--min-neighbors", type=int, default=5,
-                   help="overlapping detections needed per face (default 5; lower finds more, and more false ones)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+                   help="overlapping detections needed per face; lower finds more, and more false ones")
+    deprecated(p, "--no-progress", "-q/--quiet", sets=("quiet", True))
     p.set_defaults(func=run_crop)
 
 
@@ -62,7 +60,7 @@ def run_crop(args: argparse.Namespace) -> int:
         min_neighbors=args.min_neighbors,
         min_size=args.min_size,
     )
-    quiet = getattr(args, "quiet", False) or args.no_progress
+    quiet = getattr(args, "quiet", False)
     s = crop_faces(
         args.src,
         args.dst,
@@ -76,7 +74,7 @@ def run_crop(args: argparse.Namespace) -> int:
     readable = s["n_images"] - len(s["unreadable"])
     print(
         f"faces: {s['n_faces']} face(s) in {s['n_with_face']} of {readable} readable image(s) "
-        f"({100 * s['hit_rate']:.1f}%) -> {s['dst']}; "
+        f"({100 * s['hit_rate']:.2f}%) -> {s['dst']}; "
         f"{len(s['no_face'])} without a face (no_face.txt), {len(s['unreadable'])} unreadable (unreadable.txt)"
     )
     print(f"boxes: {s['boxes_csv']}")

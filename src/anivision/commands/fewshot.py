@@ -13,11 +13,10 @@ import math
 import sys
 from pathlib import Path
 
-from anivision.commands import print_help_when_bare
+from anivision.commands import add_shared, deprecated, print_help_when_bare
 from anivision.errors import AnivisionError
 from anivision.files import atomic_write_csv
 from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
-from anivision.reports.fewshot import format_cell
 from anivision.tasks.fewshot import (
     GRID_SHOTS,
     GRID_WAYS,
@@ -30,15 +29,16 @@ from anivision.tasks.fewshot import (
     train_fewshot,
 )
 
+#: ``fewshot evaluate --class-set``: which classes episodes are drawn from.
+CLASS_SETS = ("test", "val", "unseen", "train", "all")
 
-def _add_backbone_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", help="few-shot run folder from 'anivision fewshot train' (its backbone, weights and classes)")
-    p.add_argument("--backbone", help="timm model name when no --run (default tf_efficientnet_lite0)")
-    p.add_argument("--weights", help="imagenet | none | efficientnet_lite0_imagenet (default) | FILE, with --backbone")
-    p.add_argument("--img-size", type=int, help="input side in pixels (default: the run's, else 128)")
-    p.add_argument("--distance", choices=("euclidean", "cosine"), help="squared euclidean (Snell et al.) or cosine (default: the run's, else euclidean)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--cache-dir", help="decoded-image and feature caches (default $ANIVISION_CACHE or ~/.cache/anivision)")
+
+def _add_embedding_args(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that embed with a run's or an untrained backbone."""
+    add_shared(p, "--img-size", default_text="the run's, else 128")
+    add_shared(p, "--distance", default_text="the run's, else euclidean")
+    add_shared(p, "--device")
+    add_shared(p, "--cache-dir")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,67 +49,93 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="meta-train a backbone on episodes of class-disjoint training classes")
     p.add_argument("--data", required=True, help="class-per-folder dataset (one folder per character)")
-    p.add_argument("--backbone", default=None, help="any timm model name (default tf_efficientnet_lite0)")
-    p.add_argument("--weights", default=None, help="imagenet | none | efficientnet_lite0_imagenet (default) | FILE")
-    p.add_argument("--img-size", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=20, help="AniWho: 100")
-    p.add_argument("--episodes-per-epoch", type=int, default=100)
-    p.add_argument("--n-way", type=int, default=5)
-    p.add_argument("--k-shot", type=int, default=5)
-    p.add_argument("--n-query", type=int, default=10)
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="any timm model name")
+    p.add_argument("--weights", default=DEFAULT_WEIGHTS,
+                   help="starting weights: imagenet (timm's hub, needs a network) | none | efficientnet_lite0_imagenet | FILE")
+    add_shared(p, "--img-size", default=128)
+    add_shared(p, "--epochs", "(AniWho: 100)", default=20)
+    p.add_argument("--episodes-per-epoch", type=int, default=100, help="training episodes per epoch")
+    p.add_argument("--n-way", type=int, default=5, help="classes per training episode")
+    p.add_argument("--k-shot", type=int, default=5, help="support images per class in an episode")
+    p.add_argument("--n-query", type=int, default=10, help="query images per class in an episode")
     p.add_argument("--val-episodes", type=int, default=300, help="validation episodes per epoch (on cached embeddings)")
-    p.add_argument("--val-max-per-class", type=int, help="embed at most this many validation images per class each epoch (default all)")
+    p.add_argument("--val-max-per-class", type=int, help="embed at most this many validation images per class each epoch (default: all)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--classes", help="train/val/test class counts, e.g. 10/3/3")
-    g.add_argument("--ratios", help="train/val/test class shares (default 60/20/20)")
-    p.add_argument("--seed", type=int, default=0, help="class split, episodes and augmentation")
-    p.add_argument("--distance", choices=("euclidean", "cosine"), default="euclidean")
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--pretrain", choices=("none", "supervised"), default="none", help="supervised: cross-entropy on the training classes first, then episodes")
-    p.add_argument("--pretrain-epochs", type=int, default=3)
+    g.add_argument("--classes", help="train/val/test class counts, e.g. 10/3/3 (default: use --ratios)")
+    g.add_argument("--ratios", help="train/val/test class shares (default: 60/20/20)")
+    add_shared(p, "--seed", "of the class split, episodes and augmentation", default=0)
+    add_shared(p, "--distance", default="euclidean")
+    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate")
+    p.add_argument("--pretrain", choices=("none", "supervised"), default="none",
+                   help="supervised: cross-entropy on the training classes first, then episodes")
+    p.add_argument("--pretrain-epochs", type=int, default=3, help="epochs of --pretrain supervised")
     p.add_argument("--grad-clip", type=float, help="max gradient norm (default: no clipping)")
-    p.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast) on CUDA; changes the numerics")
-    p.add_argument("--min-crop-scale", type=float, default=0.08, help="RandomResizedCrop minimum area (default 0.08, torchvision's)")
+    add_shared(p, "--amp", "(changes the numerics)", default=False)
+    p.add_argument("--min-crop-scale", type=float, default=0.08, help="RandomResizedCrop minimum area (torchvision's default)")
     p.add_argument("--skip-small-classes", action="store_true", help="leave out classes with fewer than K + Q images (else an error)")
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--device")
-    p.add_argument("--cache-dir")
-    p.add_argument("--out", required=True, help="run folder (rerun the same command to resume)")
+    add_shared(p, "--workers", default=0)
+    add_shared(p, "--device")
+    add_shared(p, "--cache-dir")
+    add_shared(p, "--out", "the run folder (rerun the same command to resume)", required=True, metavar="RUN")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="N-way K-shot accuracy ± 95%% CI on unseen classes (cached embeddings)")
+    p = sub.add_parser("evaluate", help="N-way K-shot accuracy ± 95%% CI on unseen classes (cached embeddings)",
+                       description="N-way K-shot accuracy ± 95% CI of a few-shot run (RUN) or of an untrained "
+                       "backbone (--backbone/--weights), on episodes of cached embeddings.")
+    p.add_argument("run", nargs="?", metavar="RUN",
+                   help="few-shot run folder from 'anivision fewshot train': its backbone, weights and classes "
+                   "(default: none: the untrained --backbone)")
     p.add_argument("--data", help="class-per-folder dataset (default: the run's)")
-    _add_backbone_args(p)
-    p.add_argument("--n-way", type=int, default=5)
-    p.add_argument("--k-shot", type=int, default=5)
-    p.add_argument("--n-query", type=int, default=10)
-    p.add_argument("--episodes", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0, help="episode seed")
-    p.add_argument("--split", choices=("test", "val", "unseen", "train", "all"),
-                   help="which classes (default: test with --run, all with --backbone); unseen = val + test")
-    p.add_argument("--class-split", help="classes.json (or a run folder) defining the split, with --backbone")
+    p.add_argument("--backbone", help="without RUN: any timm model name (default: tf_efficientnet_lite0)")
+    p.add_argument("--weights", help="without RUN: imagenet | none | efficientnet_lite0_imagenet | FILE (default: efficientnet_lite0_imagenet)")
+    _add_embedding_args(p)
+    p.add_argument("--n-way", type=int, default=5, help="classes per episode")
+    p.add_argument("--k-shot", type=int, default=5, help="support images per class")
+    p.add_argument("--n-query", type=int, default=10, help="query images per class")
+    p.add_argument("--episodes", type=int, default=1000, help="episodes to average over")
+    add_shared(p, "--seed", "of the episodes", default=0)
+    p.add_argument("--class-set", choices=CLASS_SETS,
+                   help="which classes to draw episodes from; unseen = val + test (default: test with RUN, all without)")
+    p.add_argument("--class-split", metavar="CLASSES",
+                   help="without RUN: classes.json (or a run folder) that defines the class split (default: none)")
     p.add_argument("--grid", action="store_true", help="{5,20}-way x {1,5}-shot (AniWho Table 8); writes fewshot.md too")
-    p.add_argument("--skip-small-classes", action="store_true")
-    p.add_argument("--out", help="folder for fewshot.json (default RUN/fewshot-<split>, else fewshot-<backbone>-<split>)")
+    p.add_argument("--skip-small-classes", action="store_true", help="leave out classes with fewer than K + Q images (else an error)")
+    add_shared(p, "--out", "the folder of fewshot.json", default_text="RUN/fewshot-<class set>, else ./fewshot-<backbone>-<class set>",
+               metavar="DIR")
+    deprecated(p, "--run", "RUN, the first argument", position=0)
+    deprecated(p, "--split", "--class-set")
     p.set_defaults(func=cmd_evaluate)
 
-    p = subparsers.add_parser("enroll", help="one prototype per character folder, for 'anivision identify'")
-    _add_backbone_args(p)
-    p.add_argument("--gallery", required=True, help="folder of character folders (adding a character = adding a folder)")
-    p.add_argument("--k-shot", type=int, help="images per character (seeded choice; default all)")
-    p.add_argument("--seed", type=int, default=0)
+    p = subparsers.add_parser(
+        "enroll", help="one prototype per character folder, for 'anivision identify'",
+        description="Enrol characters: one prototype per folder of CHARACTERS (adding a character = adding a folder), "
+        "embedded with a few-shot run or a plain timm backbone, e.g. 'anivision enroll runs/proto my_characters/ --out gallery/' "
+        "or 'anivision enroll tf_efficientnet_lite0 my_characters/ --weights efficientnet_lite0_imagenet --out gallery/'.",
+    )
+    p.add_argument("source", metavar="SOURCE",
+                   help="few-shot run folder from 'anivision fewshot train', or (not a folder) a timm backbone name used with --weights")
+    p.add_argument("characters", metavar="CHARACTERS", help="folder of character folders, a few images each")
+    p.add_argument("--weights", help="with a backbone SOURCE: imagenet | none | efficientnet_lite0_imagenet | FILE "
+                   "(default: efficientnet_lite0_imagenet)")
+    _add_embedding_args(p)
+    p.add_argument("--k-shot", type=int, help="images per character, a seeded choice (default: all)")
+    add_shared(p, "--seed", "of the --k-shot choice", default=0)
     p.add_argument("--threshold-percentile", type=float, default=95.0,
-                   help="'unknown' beyond this percentile of leave-one-out own-prototype distances (default 95)")
-    p.add_argument("--out", required=True, help="gallery folder to write (prototypes.safetensors + gallery.json)")
+                   help="'unknown' beyond this percentile of leave-one-out own-prototype distances")
+    add_shared(p, "--out", "the gallery folder (prototypes.safetensors + gallery.json)", required=True, metavar="GALLERY")
+    deprecated(p, "--run", "SOURCE, the first argument", position=0, fallback=DEFAULT_BACKBONE)
+    deprecated(p, "--backbone", "SOURCE, the first argument", position=0, fallback=DEFAULT_BACKBONE)
+    deprecated(p, "--gallery", "CHARACTERS, the second argument", position=1)
     p.set_defaults(func=cmd_enroll)
 
     p = subparsers.add_parser("identify", help="nearest enrolled characters of images (open-set: 'unknown')")
-    p.add_argument("gallery", help="gallery folder from 'anivision enroll'")
-    p.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--threshold", type=float, help="override the gallery's 'unknown' distance threshold (inf: never unknown)")
-    p.add_argument("--device")
-    p.add_argument("--out", help="CSV path,pred_1,dist_1,...,pred_K,dist_K (default: print)")
+    p.add_argument("gallery", metavar="GALLERY", help="gallery folder from 'anivision enroll'")
+    p.add_argument("paths", nargs="+", metavar="IMAGES", help="image files, folders or glob patterns")
+    add_shared(p, "--top-k", default=3)
+    p.add_argument("--threshold", type=float,
+                   help="'unknown' beyond this distance; inf: never unknown (default: the gallery's)")
+    add_shared(p, "--device")
+    add_shared(p, "--out", "a CSV path,pred_1,dist_1,...,pred_K,dist_K", default_text="print them", metavar="CSV")
     p.set_defaults(func=cmd_identify)
 
 
@@ -132,20 +158,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"held-out test classes: {', '.join(c['test']) or 'none'}")
     print(f"weights: {Path(cfg.out) / 'model.safetensors'}")
     if c["test"]:
-        print(f"next: anivision fewshot evaluate --run {cfg.out} --n-way {min(cfg.n_way, len(c['test']))} --k-shot {cfg.k_shot}")
+        print(f"next: anivision fewshot evaluate {cfg.out} --n-way {min(cfg.n_way, len(c['test']))} --k-shot {cfg.k_shot}")
     return 0
 
 
-def _spec(args: argparse.Namespace) -> BackboneSpec:
-    return backbone_spec(args.run, args.backbone, args.weights, args.img_size)
+def _percent(acc: float | None, ci95: float | None) -> str:
+    """``87.44% ± 1.10`` (accuracy and 95% CI half-width in percent), or ``n/a``."""
+    return "n/a" if acc is None else f"{100 * acc:.2f}% ± {100 * (ci95 or 0.0):.2f}"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    spec = _spec(args)
+    if args.run and (args.backbone or args.weights):
+        raise AnivisionError("give either RUN (a few-shot run) or --backbone/--weights (an untrained backbone), not both")
+    spec = backbone_spec(args.run, args.backbone, args.weights, args.img_size)
     data = args.data
     if not data:
         if not spec.run:
-            raise AnivisionError("fewshot evaluate needs --data DIR (or --run RUN_DIR, which remembers its data)")
+            raise AnivisionError("fewshot evaluate needs --data DIR (or RUN, a few-shot run, which remembers its data)")
         data = json.loads((Path(spec.run) / "config.json").read_text())["data"]
     if not Path(data).exists():
         raise AnivisionError(f"{data}: no such dataset folder")
@@ -153,31 +182,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise AnivisionError(f"--{name.replace('_', '-')} must be at least 1")
     cells = [(n, k) for n in GRID_WAYS for k in GRID_SHOTS] if args.grid else [(args.n_way, args.k_shot)]
-    split = args.split or ("test" if spec.run else "all")
-    out = args.out or (Path(spec.run) / f"fewshot-{split}" if spec.run else Path(f"fewshot-{spec.backbone}-{split}"))
+    class_set = args.class_set or ("test" if spec.run else "all")
+    if class_set != "all" and not spec.run and not args.class_split:
+        raise AnivisionError(f"--class-set {class_set} needs RUN or --class-split classes.json (which classes are {class_set} classes)")
+    out = args.out or (Path(spec.run) / f"fewshot-{class_set}" if spec.run else Path(f"fewshot-{spec.backbone}-{class_set}"))
     r = evaluate_fewshot(
-        data, spec, cells, n_query=args.n_query, episodes=args.episodes, seed=args.seed, split=split,
+        data, spec, cells, n_query=args.n_query, episodes=args.episodes, seed=args.seed, split=class_set,
         class_split=args.class_split, distance=args.distance, skip_small_classes=args.skip_small_classes,
         out=out, cache_dir=args.cache_dir, device=args.device, progress=not args.quiet,
     )
     cells_out = r["grid"] if args.grid else [r]
     for c in cells_out:
-        acc = format_cell(c) + ("%" if c.get("accuracy") is not None else "")
-        line = f"{c['n_way']}-way {c['k_shot']}-shot ({c['n_query']} queries, {c['episodes']} episodes): {acc}"
+        line = f"{c['n_way']}-way {c['k_shot']}-shot ({c['n_query']} queries, {c['episodes']} episodes): {_percent(c.get('accuracy'), c.get('ci95'))}"
         print(line + (f"  ({c['note']})" if c.get("note") else ""))
     print(f"{r['n_classes']} {r['split']} classes, {r['n_images']} images ({r['n_skipped']} skipped), {r['distance']} distance -> {r['out']}")
     return 0
+
+
+def _enroll_spec(args: argparse.Namespace) -> BackboneSpec:
+    """SOURCE: a few-shot run folder, or (not a folder) a timm backbone name with ``--weights``."""
+    source = Path(args.source)
+    if source.is_dir():
+        if args.weights:
+            raise AnivisionError(f"{source}: a few-shot run brings its own weights; drop --weights (or give a backbone name as SOURCE)")
+        return backbone_spec(str(source), None, None, args.img_size)
+    if source.exists() or "/" in args.source or "\\" in args.source:
+        raise AnivisionError(f"{source}: not a few-shot run folder (SOURCE is a run folder or a timm backbone name)")
+    return backbone_spec(None, args.source, args.weights, args.img_size)
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     if args.k_shot is not None and args.k_shot < 1:
         raise AnivisionError("--k-shot must be at least 1")
     meta = enroll_gallery(
-        args.gallery, args.out, _spec(args), k_shot=args.k_shot, seed=args.seed, distance=args.distance,
+        args.characters, args.out, _enroll_spec(args), k_shot=args.k_shot, seed=args.seed, distance=args.distance,
         percentile=args.threshold_percentile, cache_dir=args.cache_dir, device=args.device, progress=not args.quiet,
     )
     thr = "none" if meta["threshold"] is None else f"{meta['threshold']:.4g}"
-    loo = "n/a" if meta["loo_accuracy"] is None else f"{100 * meta['loo_accuracy']:.1f}%"
+    loo = "n/a" if meta["loo_accuracy"] is None else f"{100 * meta['loo_accuracy']:.2f}%"
     print(f"enrolled {len(meta['classes'])} character(s), {sum(meta['counts'])} image(s) ({len(meta['skipped'])} skipped); "
           f"{meta['distance']} distance, 'unknown' threshold {thr}; leave-one-out accuracy {loo} -> {meta['out']}")
     return 0

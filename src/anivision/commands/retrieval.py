@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from anivision.commands import print_help_when_bare
+from anivision.commands import add_shared, deprecated, print_help_when_bare
 from anivision.data.cache import default_cache_dir
 from anivision.data.images import is_image_file
 from anivision.data.reid import DEFAULT_FOLDS, DEFAULT_QUERY_RATIO, load_reid, summarize
@@ -66,10 +66,11 @@ def _load_data(path: str | None, what: str = "--data") -> Any:
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
     m, s = summary["mean"], summary["std"]
     for r in summary["folds"]:
-        print(f"fold {r['fold']}: mINP {100 * r['mINP']:.2f}  mAP {100 * r['mAP']:.2f}  rank-1 {100 * r['rank1']:.2f}  "
-              f"rank-5 {100 * r['rank5']:.2f}  ({r['n_query']} queries, {r['n_gallery']} gallery)")
+        print(f"fold {r['fold']}: mINP {100 * r['mINP']:.2f}%  mAP {100 * r['mAP']:.2f}%  rank-1 {100 * r['rank1']:.2f}%  "
+              f"rank-5 {100 * r['rank5']:.2f}%  ({r['n_query']} queries, {r['n_gallery']} gallery)")
+    names = {"mINP": "mINP", "mAP": "mAP", "rank1": "rank-1", "rank5": "rank-5", "rank10": "rank-10"}
     print("mean ± std over {} fold(s): ".format(summary["n_folds"])
-          + "  ".join(f"{k} {100 * m[k]:.2f} ± {100 * s[k]:.2f}" for k in ("mINP", "mAP", "rank1", "rank5", "rank10")))
+          + "  ".join(f"{name} {100 * m[k]:.2f}% ± {100 * s[k]:.2f}" for k, name in names.items()))
     if summary["excluded_works"]:
         print(f"{len(summary['excluded_works'])} single-role test work(s) excluded: {', '.join(summary['excluded_works'][:10])}")
     print(f"report: {out / 'report.md'}")
@@ -95,9 +96,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         folds=args.folds,
         query_ratio=args.query_ratio,
         seed=args.seed,
-        metric=args.metric,
+        metric=args.distance,
         grad_clip=args.grad_clip or None,
-        amp=not args.no_amp,
+        amp=args.amp,
         num_workers=args.workers,
     )
     cfg.validate()
@@ -134,7 +135,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             folds=folds,
             query_ratio=run_cfg.query_ratio if run_cfg else args.query_ratio,
             seed=run_cfg.seed if run_cfg else args.seed,
-            metric=args.metric or (run_cfg.metric if run_cfg else "cosine"),
+            metric=args.distance or (run_cfg.metric if run_cfg else "cosine"),
             data_source=data_path or "",
             cache_dir=_cache_dir(args),
             device=args.device,
@@ -165,7 +166,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     fold = pick_search_fold(run, args.fold)
     model, dcfg = load_fold_model(run / f"fold{fold}", args.device)
     progress = not getattr(args, "quiet", False)
-    gallery = load_reid(args.gallery, strict=False)
+    gallery = load_reid(args.gallery_images, strict=False)
     index = build_gallery_index(model, dcfg, gallery, run / "search_index", progress=progress)
     print(f"gallery: {len(index.paths)} images of {len(set(index.works))} works (fold {fold} model)", file=sys.stderr)
 
@@ -197,7 +198,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         results.append({"query": q, "top": top})
     if args.out:
         out = Path(args.out)
-        atomic_write_json(out / "search.json", {"run": str(run), "fold": fold, "gallery": str(args.gallery), "results": results})
+        atomic_write_json(out / "search.json", {"run": str(run), "fold": fold, "gallery": str(args.gallery_images), "results": results})
         rows = [[(r["query"], "query", None)] + [(t["path"], f"{i}. {t['work']}", None) for i, t in enumerate(r["top"], 1)] for r in results[:20]]
         plot_image_grid(rows, out / "search.png")
         print(f"results: {out / 'search.json'}, {out / 'search.png'}", file=sys.stderr)
@@ -221,52 +222,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="train a re-ID model per fold (resumable) and evaluate it")
     p.add_argument("--data", required=True, help="ROOT/<work>/<role>/<image> folder or path,work,role CSV")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"any timm model name (default {DEFAULT_BACKBONE})")
-    p.add_argument("--weights", help="none | imagenet | efficientnet_lite0_imagenet | FILE (default: offline lite0 weights for the default backbone, else imagenet)")
-    p.add_argument("--preset", default=d.preset, choices=tuple(PRESETS), help="agw (SGD, warm-up + step, CE + weighted triplet, GeM) or transreid (SGD, cosine, CE + batch-hard triplet)")
-    p.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help=f"folds by work (default {DEFAULT_FOLDS})")
-    p.add_argument("--fold", type=int, help="train only this fold (0-based); the others can follow later into the same --out")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--img-size", type=int, default=d.img_size)
-    p.add_argument("--query-ratio", type=float, default=DEFAULT_QUERY_RATIO, help="fraction of each test work's roles used as queries (default 0.4)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--p", type=int, default=d.p, help=f"works per PK batch (default {d.p})")
-    p.add_argument("--k", type=int, default=d.k, help=f"images per work in a PK batch (default {d.k})")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="any timm model name")
+    p.add_argument("--weights", help="starting weights: none | imagenet (timm's hub, needs a network) | efficientnet_lite0_imagenet | FILE "
+                   "(default: efficientnet_lite0_imagenet for the default backbone, else imagenet)")
+    p.add_argument("--preset", default=d.preset, choices=tuple(PRESETS),
+                   help="agw (SGD, warm-up + step, CE + weighted triplet, GeM) or transreid (SGD, cosine, CE + batch-hard triplet)")
+    p.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="folds by work")
+    p.add_argument("--fold", type=int, help="train only this fold (0-based); the others can follow later into the same --out (default: all)")
+    add_shared(p, "--epochs", "per fold", default=d.epochs)
+    add_shared(p, "--img-size", default=d.img_size)
+    p.add_argument("--query-ratio", type=float, default=DEFAULT_QUERY_RATIO, help="fraction of each test work's roles used as queries")
+    add_shared(p, "--seed", "of the folds, role split, sampler and initialisation", default=d.seed)
+    p.add_argument("--p", type=int, default=d.p, help="works per PK batch")
+    p.add_argument("--k", type=int, default=d.k, help="images per work in a PK batch")
     p.add_argument("--batches-per-epoch", type=int, help="PK batches per epoch (default: about one pass over the training images)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
     p.add_argument("--pool", choices=("auto", "gem", "backbone"), help="pooling (default: the preset's; auto = GeM on CNNs)")
     p.add_argument("--triplet-features", default="normalized", choices=("normalized", "raw"),
-                   help="triplet loss on L2-normalised (default: stable in short runs) or raw features (as the papers)")
-    p.add_argument("--metric", default=d.metric, choices=("cosine", "euclidean"))
+                   help="triplet loss on L2-normalised features (stable in short runs) or raw features (as the papers)")
+    add_shared(p, "--distance", default=d.metric)
     p.add_argument("--grad-clip", type=float, help="max total gradient norm (default: no clipping, as the papers)")
-    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    p.add_argument("--workers", type=int, default=0, help="data-loading workers (default 0)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--cache-dir", help="decoded-image and feature caches (default $ANIVISION_CACHE or ~/.cache/anivision)")
-    p.add_argument("--out", required=True, help="run folder (rerun the same command to resume)")
+    add_shared(p, "--amp", default=True)
+    add_shared(p, "--workers", default=0)
+    add_shared(p, "--device")
+    add_shared(p, "--cache-dir")
+    add_shared(p, "--out", "the run folder (rerun the same command to resume)", required=True, metavar="RUN")
+    deprecated(p, "--metric", "--distance")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a run, or the untrained baseline (--backbone) on the same folds")
-    p.add_argument("run_dir", nargs="?", help="trained run folder (with --backbone: evaluate the baseline on its folds)")
-    p.add_argument("--backbone", help="evaluate this untrained backbone instead of the run's models")
-    p.add_argument("--weights", help="weights of --backbone (default as for train)")
-    p.add_argument("--data", help="data (default: the run's)")
-    p.add_argument("--folds", type=int, help="folds for the baseline without a run (default 5)")
-    p.add_argument("--query-ratio", type=float, default=DEFAULT_QUERY_RATIO)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--img-size", type=int, help="baseline input size (default: the run's, else 128)")
-    p.add_argument("--metric", choices=("cosine", "euclidean"))
-    p.add_argument("--device")
-    p.add_argument("--cache-dir")
-    p.add_argument("--out", help="output folder (default RUN_DIR, RUN_DIR/baseline, or ./retrieval-baseline-BACKBONE)")
+    p.add_argument("run_dir", nargs="?", metavar="RUN",
+                   help="trained run folder; with --backbone: evaluate the baseline on its folds (default: none: needs --backbone)")
+    p.add_argument("--backbone", help="evaluate this untrained timm backbone instead of the run's models (default: none)")
+    p.add_argument("--weights", help="weights of --backbone (default: as for retrieval train)")
+    p.add_argument("--data", help="ROOT/<work>/<role>/<image> folder or path,work,role CSV (default: the run's)")
+    p.add_argument("--folds", type=int, help="folds by work for the baseline without RUN (default: 5)")
+    p.add_argument("--query-ratio", type=float, default=DEFAULT_QUERY_RATIO, help="fraction of each test work's roles used as queries, without RUN")
+    add_shared(p, "--seed", "of the folds and role split, without RUN", default=0)
+    add_shared(p, "--img-size", "of the baseline", default_text="the run's, else 128")
+    add_shared(p, "--distance", default_text="the run's, else cosine")
+    add_shared(p, "--device")
+    add_shared(p, "--cache-dir")
+    add_shared(p, "--out", "the report folder", default_text="RUN, RUN/baseline with --backbone, or ./retrieval-baseline-BACKBONE",
+               metavar="DIR")
+    deprecated(p, "--metric", "--distance")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("search", help="most similar gallery images and their works for query images")
-    p.add_argument("run_dir", help="trained run folder")
-    p.add_argument("images", nargs="+", help="query image files or folders")
-    p.add_argument("--gallery", required=True, help="gallery folder (<work>/<role>/<image>, <work>/<image> or flat) or CSV")
-    p.add_argument("--top-k", type=int, default=10)
+    p = sub.add_parser("search", help="most similar images of an image collection, and their works, for query images")
+    p.add_argument("run_dir", metavar="RUN", help="trained run folder from 'anivision retrieval train'")
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="query image files or folders")
+    p.add_argument("--gallery-images", required=True, metavar="DIR",
+                   help="the images to search: a folder (<work>/<role>/<image>, <work>/<image> or flat) or a path,work,role CSV")
+    add_shared(p, "--top-k", default=10)
     p.add_argument("--fold", type=int, help="which fold's model (default: the first trained one)")
-    p.add_argument("--device")
-    p.add_argument("--out", help="folder for search.json and a search.png grid")
+    add_shared(p, "--device")
+    add_shared(p, "--out", "a folder with search.json and a search.png grid", default_text="print only", metavar="DIR")
+    deprecated(p, "--gallery", "--gallery-images")
     p.set_defaults(func=cmd_search)

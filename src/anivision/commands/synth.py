@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from anivision.commands import add_shared, deprecated
 from anivision.data.synth import TASKS, generate
 
 
@@ -24,18 +25,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--task", required=True, choices=TASKS, help="which data set to draw")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--n-per-class", type=int, default=60,
-                        help="images per class; per role for style (default 60)")
-    parser.add_argument("--size", type=int, default=128, help="image size in pixels (default 128)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the whole data set (default 0)")
-    parser.add_argument("--n-classes", type=int, default=None,
-                        help="number of roles, character task only (default 8)")
-    parser.add_argument("--n-works", type=int, default=8,
-                        help="number of works (rendering styles), style task only (default 8)")
-    parser.add_argument("--roles-per-work", type=int, default=4,
-                        help="identities drawn in each work, style task only (default 4)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_shared(parser, "--out", "the data set folder", required=True, type=Path, metavar="DIR")
+    parser.add_argument("--n-per-class", type=int, default=60, help="images per class; per role for style")
+    parser.add_argument("--size", type=int, default=128, help="image side in pixels")
+    add_shared(parser, "--seed", "of the whole data set", default=0)
+    parser.add_argument("--n-classes", type=int, default=None, help="number of roles, character task only (default: 8)")
+    parser.add_argument("--n-works", type=int, default=8, help="number of works (rendering styles), style task only")
+    parser.add_argument("--roles-per-work", type=int, default=4, help="identities drawn in each work, style task only")
+    deprecated(parser, "--no-progress", "-q/--quiet", sets=("quiet", True))
     parser.set_defaults(func=run)
 
 
@@ -57,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         n_classes=args.n_classes,
         n_works=args.n_works,
         roles_per_work=args.roles_per_work,
-        progress=not (args.no_progress or getattr(args, "quiet", False)),
+        progress=not getattr(args, "quiet", False),
     )
     print(
         f"synth {summary['task']}: wrote {summary['n_images']} images in {len(summary['counts'])} "

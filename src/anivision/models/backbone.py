@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import socket
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
 import anivision.models.vanilla_cnn  # noqa: F401  (registers "vanilla_cnn" with timm)
@@ -27,7 +32,80 @@ LITE0_ARCH = "tf_efficientnet_lite0"
 DEFAULT_BACKBONE = LITE0_ARCH
 DEFAULT_WEIGHTS = LITE0_WEIGHTS
 
+#: Seconds to wait for the weights' host to accept a connection before calling it unreachable.
+HUB_TIMEOUT_S = 3.0
 
+
+def _offline() -> bool:
+    """``HF_HUB_OFFLINE=1`` (or true/yes/on): the user says there is no network."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_weights_source(name: str) -> tuple[str | None, str | None]:
+    """Where timm would fetch ``name``'s pretrained weights: (URL of the host, local cached file or None).
+
+    ``(None, None)`` when timm has no pretrained config for the name (timm then raises its own error).
+    Hugging Face hub weights are looked up in the local HF cache (``HF_HUB_CACHE``/``HF_HOME``) under
+    the names timm asks for; URL weights in torch's hub cache.
+    """
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or cfg.file or cfg.state_dict:
+        return None, None
+    if cfg.hf_hub_id:
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        wanted = cfg.hf_hub_filename or "pytorch_model.bin"
+        names = [wanted] + ([wanted[: -len(".bin")] + ".safetensors", "model.safetensors"] if wanted.endswith(".bin") else [])
+        for filename in dict.fromkeys(names):
+            hit = try_to_load_from_cache(repo, filename, revision=revision or None)
+            if isinstance(hit, str):
+                return os.environ.get("HF_ENDPOINT") or "https://huggingface.co", hit
+        return os.environ.get("HF_ENDPOINT") or "https://huggingface.co", None
+    if cfg.url:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
+        return cfg.url, (str(cached) if cached.is_file() else None)
+    return None, None
+
+
+def host_reachable(url: str, timeout: float = HUB_TIMEOUT_S) -> bool:
+    """Whether ``url``'s host (or the proxy the environment sets for it) accepts a TCP connection."""
+    parsed = urlparse(url)
+    host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parsed.scheme)
+    if proxy and host and not urllib.request.proxy_bypass(host):
+        p = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = p.hostname, p.port or 80
+    if not host:
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:  # unresolvable name, refused, timed out, no route
+        return False
+
+
+def _hub_overlay(name: str) -> dict:
+    """Check, before timm asks the hub, that ``name``'s ImageNet weights can be had.
+
+    Returns ``{}`` (timm fetches them as usual) or a ``pretrained_cfg_overlay`` that loads the
+    locally cached file when the host cannot be reached.
+
+    Raises:
+        AnivisionError: not cached, and no network (``HF_HUB_OFFLINE=1``, or the host does not answer).
+    """
+    source, cached = hub_weights_source(name)
+    if source is None:
+        return {}
+    offline = _offline() or not host_reachable(source)
+    if not offline:
+        return {}
+    if cached:
+        return {"file": cached, "source": None}
+    why = "HF_HUB_OFFLINE is set" if _offline() else f"{urlparse(source).hostname} cannot be reached"
+    offline_lite0 = f"--weights {LITE0_WEIGHTS}" + ("" if name.split(".")[0] == LITE0_ARCH else f" with backbone {LITE0_ARCH}")
+    raise AnivisionError(
+        f"cannot fetch ImageNet weights for '{name}': {why} and they are not in the local cache; "
+        f"pass a local weights file (--weights FILE.safetensors), --weights none, or {offline_lite0} (offline)"
+    )
 
 
 def _lite0_state_dict() -> dict[str, torch.Tensor]:
@@ -148,7 +226,11 @@ def create_backbone(
     pretrained = w == "imagenet"
     if w == LITE0_WEIGHTS and name.split(".")[0] != LITE0_ARCH:
         raise AnivisionError(f"--weights {LITE0_WEIGHTS} fits only --backbone {LITE0_ARCH}, not '{name}'")
+    overlay = _hub_overlay(name) if pretrained else {}
+
     def build(extra: dict) -> nn.Module:
+        if overlay:
+            extra = {**extra, "pretrained_cfg_overlay": overlay}
         try:
             return timm.create_model(name, pretrained=pretrained, num_classes=0, **extra)
         except Exception as exc:  # noqa: BLE001 - timm raises many kinds when the hub is unreachable
