@@ -145,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Equivalent CLI: `anivision fewshot train --data ../shared/data/characters --classes 10/3/3 --seed 0 --epochs {args.epochs} "
         f"--episodes-per-epoch {args.episodes_per_epoch} --val-max-per-class {args.val_max_per_class} --out RUN`, then "
-        "`anivision fewshot evaluate --run RUN --split unseen --n-way 5 --k-shot 5` (and `--backbone tf_efficientnet_lite0 "
-        "--weights efficientnet_lite0_imagenet --class-split RUN --split unseen` for the ImageNet row).",
+        "`anivision fewshot evaluate RUN --class-set unseen --n-way 5 --k-shot 5` (and `--backbone tf_efficientnet_lite0 "
+        "--weights efficientnet_lite0_imagenet --class-split RUN --class-set unseen` for the ImageNet row; "
+        "`--class-set test --n-way 3` for the test-only columns).",
     ]
     text = "\n".join(lines) + "\n"
     out = Path(args.results)
