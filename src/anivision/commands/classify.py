@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a trained run on its test split or on a folder")
     p.add_argument("run_dir", metavar="RUN", help="run folder from 'anivision train'")
     p.add_argument("--data", help="evaluate on every image of this class-per-folder dataset (default: the run's test split)")
+    p.add_argument("--data-root", metavar="DIR", help="where the run's images are now, if they moved since training "
+                   "(default: the folder recorded in the run's split.csv)")
     add_shared(p, "--out", "the evaluation folder", default_text="RUN/eval, or RUN/eval-<DATA name> with --data", metavar="DIR")
     p.set_defaults(func=cmd_evaluate)
 
@@ -143,7 +145,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    m = evaluate_run(args.run_dir, data=args.data, out=args.out, progress=not args.quiet)
+    m = evaluate_run(args.run_dir, data=args.data, out=args.out, progress=not args.quiet, data_root=args.data_root)
     _print_summary(m, Path(m["out"]))
     return 0
 

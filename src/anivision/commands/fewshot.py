@@ -8,7 +8,6 @@ from a folder per character (no retraining) and identify images against them, op
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from anivision.tasks.fewshot import (
     enroll_gallery,
     evaluate_fewshot,
     identify_paths,
+    run_data,
     train_fewshot,
 )
 
@@ -171,11 +171,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.run and (args.backbone or args.weights):
         raise AnivisionError("give either RUN (a few-shot run) or --backbone/--weights (an untrained backbone), not both")
     spec = backbone_spec(args.run, args.backbone, args.weights, args.img_size)
-    data = args.data
-    if not data:
-        if not spec.run:
-            raise AnivisionError("fewshot evaluate needs --data DIR (or RUN, a few-shot run, which remembers its data)")
-        data = json.loads((Path(spec.run) / "config.json").read_text())["data"]
+    if not args.data and not spec.run:
+        raise AnivisionError("fewshot evaluate needs --data DIR (or RUN, a few-shot run, which remembers its data)")
+    data = run_data(spec.run, args.data) if spec.run else args.data
     if not Path(data).exists():
         raise AnivisionError(f"{data}: no such dataset folder")
     for name in ("n_way", "k_shot", "n_query", "episodes"):

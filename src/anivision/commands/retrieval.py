@@ -7,7 +7,6 @@ the :mod:`anivision.tasks.retrieval` package.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -32,6 +31,7 @@ from anivision.tasks.retrieval import (
     load_fold_model,
     load_run_config,
     pick_search_fold,
+    run_data_source,
     search,
     train_run,
 )
@@ -116,9 +116,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     progress = not getattr(args, "quiet", False)
     run = Path(args.run_dir) if args.run_dir else None
     run_cfg = load_run_config(run) if run else None
-    data_path = args.data
-    if data_path is None and run is not None and (run / "data.json").exists():
-        data_path = json.loads((run / "data.json").read_text())["source"] or None
+    data_path = run_data_source(run, args.data) if run is not None and (args.data or (run / "data.json").exists()) else args.data
     if args.backbone:
         # Untrained baseline; with a run folder, on exactly that run's folds.
         folds = run_cfg.folds if run_cfg else (args.folds or 5)

@@ -1,10 +1,19 @@
-"""Labelled image collections: class-per-folder trees and CSV manifests."""
+"""Labelled image collections: class-per-folder trees and CSV manifests; where data lies.
+
+Where data lies: a run records the paths it was given as absolute paths
+(:func:`absolute_path`), so that it works from any working directory, and finds its images
+under a *data root* (:func:`data_root`: a dataset folder itself, or a CSV manifest's folder;
+:func:`common_root` when there is no such folder). When data moves, the run is told the new
+root and finds each image at the same place relative to it. :func:`same_location` is the
+same-run rule for such a path.
+"""
 
 from __future__ import annotations
 
 import csv
 import glob
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +33,7 @@ class LabeledImages:
         classes: class names; ``classes[label]`` is the name of a label.
         splits: optional split name per path (``train``/``val``/``test``) from a manifest.
         ignored: files found in class folders that are not images (listed, never silently lost).
+        sha1s: the sha1 of each file's bytes, when known (a split file records them).
     """
 
     paths: list[str]
@@ -31,6 +41,7 @@ class LabeledImages:
     classes: list[str]
     splits: list[str] | None = None
     ignored: list[str] = field(default_factory=list)
+    sha1s: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -42,6 +53,7 @@ class LabeledImages:
             labels=[self.labels[i] for i in indices],
             classes=list(self.classes),
             splits=[self.splits[i] for i in indices] if self.splits is not None else None,
+            sha1s=[self.sha1s[i] for i in indices] if self.sha1s is not None else None,
         )
 
     def class_counts(self) -> dict[str, int]:
@@ -161,3 +173,71 @@ def expand_inputs(inputs: list[str]) -> list[str]:
                 raise AnivisionError(f"{item}: no such file, folder or pattern match")
             out.extend(matches)
     return list(dict.fromkeys(out))
+
+
+# ---------------------------------------------------------------------------- where data lies
+
+
+def absolute_path(path: str | Path) -> str:
+    """``path`` made absolute against the working directory (``~`` expanded, ``..`` folded).
+
+    Symbolic links are kept as given (the path the user chose is the one recorded).
+    """
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def data_root(data: str | Path) -> str:
+    """The folder images of ``data`` are found under: a dataset folder itself, or a manifest's folder."""
+    p = absolute_path(data)
+    return os.path.dirname(p) if p.lower().endswith(".csv") else p
+
+
+def common_root(paths: list[str]) -> str:
+    """The deepest folder holding every file of ``paths`` (absolute)."""
+    absolute = [absolute_path(p) for p in paths]
+    if not absolute:
+        raise ValueError("common_root of no paths")
+    if len(set(absolute)) == 1:
+        return os.path.dirname(absolute[0])
+    try:
+        return os.path.commonpath(absolute)
+    except ValueError:  # different drives (Windows): no common folder
+        return os.path.dirname(absolute[0])
+
+
+def images_root(paths: list[str], data: str | Path | None = None) -> str:
+    """The data root a run records for ``paths``: ``data``'s root when every image lies under
+    it, else the images' common folder."""
+    if data:
+        root = data_root(data)
+        if all(absolute_path(p).startswith(root.rstrip(os.sep) + os.sep) for p in paths):
+            return root
+    return common_root(paths)
+
+
+def reroot(path: str, old_root: str, new_root: str) -> str:
+    """``path`` moved from under ``old_root`` to the same place under ``new_root``."""
+    return os.path.join(absolute_path(new_root), os.path.relpath(absolute_path(path), absolute_path(old_root)))
+
+
+def same_location(old: str | None, new: str | None, moved_ok: bool = True) -> bool:
+    """The same-run rule for a path saved in a run's config.
+
+    True when ``old`` (as saved; a relative one, saved by an older anivision, is taken from the
+    working directory) and ``new`` name the same file or folder, or, with ``moved_ok``, when
+    ``old`` is not there any more: the data moved, and the run checks what lies at the new
+    place by content instead (a classification run by the sha1 of every image).
+    """
+    if not old or not new:
+        return not old and not new
+    a, b = absolute_path(old), absolute_path(new)
+    if a == b:
+        return True
+    if not os.path.exists(a):
+        return moved_ok
+    return os.path.exists(b) and os.path.samefile(a, b)
+
+
+def absolute_if_file(value: str) -> str:
+    """A weights value: an existing file's path made absolute; a name (``none``, ``imagenet``...) as is."""
+    return absolute_path(value) if value and os.path.isfile(value) else value

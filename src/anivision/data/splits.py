@@ -1,8 +1,16 @@
 """Stratified, frozen train/val/test splits saved as CSV with content hashes.
 
-A split file has columns ``path,label,split,sha1``. Paths are stored relative to the split
-file's folder when possible, so a dataset and its split can move together. The sha1 of each
-file is recorded so that a split used later can prove it still describes the same images.
+A split file has columns ``path,label,split,sha1`` and, optionally, ``root``:
+
+- without ``root`` (``anivision split``): paths are relative to the split file's folder when
+  possible, so a dataset and its split can move together;
+- with ``root`` (the ``split.csv`` a run keeps): ``root`` is the absolute data root and each
+  path is relative to it (``/`` separators), so the file works from any working directory and
+  wherever the run folder goes. When the data moves, :func:`read_split` with ``root=NEW``
+  finds every image at the same place under the new root.
+
+The sha1 of each file is recorded so that a split used later can prove it still describes the
+same images, wherever they now lie.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anivision.data.folder import LabeledImages
+from anivision.data.folder import LabeledImages, absolute_path, common_root, reroot
 from anivision.errors import AnivisionError
 
 #: Named presets from the studies anivision reproduces.
@@ -111,38 +119,43 @@ def file_sha1(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def write_split(images: LabeledImages, splits: list[str], out_csv: str | Path) -> Path:
-    """Write ``path,label,split,sha1`` rows atomically (temp file + rename)."""
+def write_split(images: LabeledImages, splits: list[str], out_csv: str | Path, root: str | Path | None = None) -> Path:
+    """Write ``path,label,split,sha1`` rows atomically (temp file + rename).
+
+    Args:
+        images: the images; their ``sha1s``, when known, are written as they are (not re-hashed).
+        splits: split name of each image.
+        out_csv: the file.
+        root: the data root: paths are then written relative to it, and it is recorded in a
+            ``root`` column (a run's own split). Default: paths relative to ``out_csv``'s folder.
+    """
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    base = out_csv.parent.resolve()
+    base = absolute_path(root) if root is not None else str(out_csv.parent.resolve())
     tmp = out_csv.with_name(out_csv.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["path", "label", "split", "sha1"])
-        for p, y, s in zip(images.paths, images.labels, splits):
-            rel = os.path.relpath(Path(p).resolve(), base)
-            w.writerow([rel.replace(os.sep, "/"), images.classes[y], s, file_sha1(p)])
+        w.writerow(["path", "label", "split", "sha1"] + (["root"] if root is not None else []))
+        for i, (p, y, s) in enumerate(zip(images.paths, images.labels, splits)):
+            full = absolute_path(p) if root is not None else str(Path(p).resolve())
+            rel = os.path.relpath(full, base).replace(os.sep, "/")
+            sha1 = images.sha1s[i] if images.sha1s else file_sha1(p)
+            w.writerow([rel, images.classes[y], s, sha1] + ([base] if root is not None else []))
     os.replace(tmp, out_csv)
     return out_csv
 
 
-def read_split(split_csv: str | Path, verify: bool = True) -> LabeledImages:
-    """Read a split file written by :func:`write_split`.
-
-    Args:
-        split_csv: the CSV.
-        verify: re-hash every file and fail if one changed since the split was made.
+def _split_rows(split_csv: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """The rows and columns of a split file, checked.
 
     Raises:
-        AnivisionError: missing file or columns, a missing image, or a changed image.
+        AnivisionError: missing file or columns, no rows, or an unknown split name.
     """
-    split_csv = Path(split_csv)
     if not split_csv.is_file():
         raise AnivisionError(f"{split_csv}: no such split file")
     with open(split_csv, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
+        cols = list(reader.fieldnames or [])
         missing = [c for c in ("path", "label", "split") if c not in cols]
         if missing:
             raise AnivisionError(f"{split_csv}: split file needs columns path,label,split[,sha1]; missing {','.join(missing)}")
@@ -152,21 +165,64 @@ def read_split(split_csv: str | Path, verify: bool = True) -> LabeledImages:
     bad = [r["split"] for r in rows if r["split"] not in PARTS]
     if bad:
         raise AnivisionError(f"{split_csv}: unknown split name '{bad[0]}' (expected train, val or test)")
-    base = split_csv.parent
+    return rows, cols
+
+
+def _recorded_paths(split_csv: Path, rows: list[dict[str, str]]) -> list[str]:
+    """Absolute image paths as the file records them (relative to ``root``, else to the file's folder)."""
+    out = []
+    for r in rows:
+        p = Path(r["path"])
+        base = r.get("root") or str(split_csv.parent)
+        out.append(absolute_path(p if p.is_absolute() else Path(base) / p))
+    return out
+
+
+def split_root(split_csv: str | Path) -> str:
+    """The data root of a split file: its ``root`` column, else the common folder of its images."""
+    split_csv = Path(split_csv)
+    rows, _ = _split_rows(split_csv)
+    return rows[0].get("root") or common_root(_recorded_paths(split_csv, rows))
+
+
+def read_split(split_csv: str | Path, verify: bool = True, root: str | Path | None = None, hint: str = "") -> LabeledImages:
+    """Read a split file written by :func:`write_split` (or by hand: ``path,label,split[,sha1][,root]``).
+
+    Args:
+        split_csv: the CSV.
+        verify: re-hash every file and fail if one changed since the split was made.
+        root: the data's new root: each image is looked for at its place relative to the
+            recorded root (:func:`split_root`), under ``root`` instead.
+        hint: appended to the missing-image errors (what the user can pass instead).
+
+    Raises:
+        AnivisionError: missing file or columns, a missing data root or image, or a changed image.
+    """
+    split_csv = Path(split_csv)
+    rows, cols = _split_rows(split_csv)
+    paths = _recorded_paths(split_csv, rows)
+    recorded = rows[0].get("root") or common_root(paths)
+    if root is not None:
+        if not Path(root).is_dir():
+            raise AnivisionError(f"{root}: no such data folder")
+        paths = [reroot(p, recorded, root) for p in paths]
+    elif verify and not Path(recorded).is_dir():
+        raise AnivisionError(f"{split_csv}: the images' folder {recorded} is missing{hint}")
     classes = sorted({r["label"] for r in rows})
     index = {c: i for i, c in enumerate(classes)}
-    paths = [str(Path(r["path"]) if Path(r["path"]).is_absolute() else base / r["path"]) for r in rows]
+    sha1s = [r.get("sha1") or "" for r in rows]
     if verify and "sha1" in cols:
-        for p, r in zip(paths, rows):
+        for p, h in zip(paths, sha1s):
             if not Path(p).exists():
-                raise AnivisionError(f"{split_csv}: image {p} is missing")
-            if r.get("sha1") and file_sha1(p) != r["sha1"]:
+                raise AnivisionError(f"{split_csv}: image {p} is missing{hint}")
+            if h and file_sha1(p) != h:
                 raise AnivisionError(f"{split_csv}: image {p} changed since the split was made (sha1 differs)")
     return LabeledImages(
         paths=paths,
         labels=[index[r["label"]] for r in rows],
         classes=classes,
         splits=[r["split"] for r in rows],
+        sha1s=sha1s if all(sha1s) else None,
     )
 
 

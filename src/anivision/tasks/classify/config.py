@@ -3,6 +3,13 @@
 Only the CLI (and :func:`resolve_train_config`, which it calls) builds a :class:`TrainConfig`
 from YAML and flags; library functions take the typed object. The resolved config is saved as
 ``config.json`` beside every run.
+
+Paths: ``data``, ``split`` and a ``weights`` file are recorded absolute
+(:meth:`TrainConfig.with_absolute_paths`, applied by :func:`resolve_train_config` and by
+``train_classifier``), so a run works from any working directory. The same-run rule compares
+them as locations (:meth:`TrainConfig.differences`): the same place however spelt, or, for
+``data`` and ``split``, a saved place that no longer exists (the data moved; the run's own
+``split.csv`` then proves by sha1 that the images are the same).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 from anivision.config import RunConfig, read_yaml_mapping
+from anivision.data.folder import absolute_if_file, absolute_path, same_location
 from anivision.data.transforms import AugmentConfig
 from anivision.errors import AnivisionError
 from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
@@ -88,7 +96,7 @@ def resolve_train_config(options: Mapping[str, Any]) -> "TrainConfig":
     for name in ("epochs", "batch_size", "img_size"):
         if getattr(cfg, name) < 1:
             raise AnivisionError(f"--{name.replace('_', '-')} must be at least 1")
-    return cfg
+    return cfg.with_absolute_paths()
 
 
 @dataclass
@@ -144,6 +152,32 @@ class TrainConfig(RunConfig):
     #: Keys that may differ when a run folder is resumed or reused: they do not change results
     #: (``out``: a run folder may be moved, or cells of separate grids merged into one folder).
     RUNTIME_KEYS: ClassVar[tuple[str, ...]] = ("device", "workers", "cache_dir", "out")
+    #: Keys naming where the data lies: compared as locations (see :meth:`differences`).
+    DATA_KEYS: ClassVar[tuple[str, ...]] = ("data", "split")
+
+    def with_absolute_paths(self) -> "TrainConfig":
+        """A copy with ``data``, ``split`` and a ``weights`` file as absolute paths (what ``config.json`` records)."""
+        return dataclasses.replace(
+            self, data=absolute_path(self.data) if self.data else self.data,
+            split=absolute_path(self.split) if self.split else self.split, weights=absolute_if_file(self.weights),
+        )
+
+    def differences(self, old: Mapping[str, Any], source: str = "config.json") -> list[str]:
+        """The same-run rule (:meth:`RunConfig.differences`), with paths compared as locations.
+
+        ``data`` and ``split`` are the same when they name the same place (a relative one saved
+        by an older anivision is taken from the working directory) or when the saved place is
+        gone: the data moved, and the run's ``split.csv`` checks the images by sha1. ``data``
+        may also be added to a run trained from ``split`` alone, to say where moved images are.
+        A ``weights`` file must be the same file.
+        """
+        def same(key: str) -> bool:
+            was, now = old.get(key), getattr(self, key)
+            if key == "data" and not was and now and self.split:
+                return True
+            return same_location(was, now, moved_ok=key in self.DATA_KEYS)
+
+        return [k for k in super().differences(old, source) if k not in (*self.DATA_KEYS, "weights") or not same(k)]
 
     @classmethod
     def _coerce(cls, values: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,13 @@
 """What a classification run trains on, decided once.
 
+The split comes first (:func:`prepare_split`): a run always keeps its own ``split.csv``, with
+the absolute data root in a ``root`` column and every image path relative to it (see
+:mod:`anivision.data.splits`). Everything after the first start reads that copy, never the
+``--split`` file the user gave, so the run folder is self-contained: it works from any working
+directory and wherever it is moved. When the recorded root is gone (the data moved), the root
+of ``--data`` (train) or ``data_root`` (evaluate) replaces it, and the sha1s prove the images
+are the same.
+
 A run trains one of three things, and :func:`training_sets` picks it a single time:
 
 - ``features``: a linear probe on cached frozen-backbone features (the backbone runs once per
@@ -24,8 +32,8 @@ from torch.utils.data import Dataset, TensorDataset
 
 from anivision.data.cache import DecodedImages, decode_images, default_cache_dir
 from anivision.data.datasets import CachedImageDataset
-from anivision.data.folder import LabeledImages, load_labeled
-from anivision.data.splits import parse_ratios, read_split, split_indices, stratified_split, write_split
+from anivision.data.folder import LabeledImages, data_root, images_root, load_labeled
+from anivision.data.splits import parse_ratios, read_split, split_indices, split_root, stratified_split, write_split
 from anivision.data.transforms import DataConfig, cache_size, eval_transform, train_transform
 from anivision.embeddings import embed_paths
 from anivision.engine.run import RunFolder
@@ -41,22 +49,35 @@ log = logging.getLogger(__name__)
 KINDS = ("features", "prefix", "images")
 
 
-def prepare_split(cfg: TrainConfig, run_dir: Path) -> LabeledImages:
-    """The labelled images with their train/val/test assignment.
+#: The run's own split file (always written: a copy of ``--split``, a manifest's split, or a new one).
+RUN_SPLIT = "split.csv"
+#: What a run whose data moved needs (appended to missing-image errors).
+MOVED_HINT_TRAIN = "; if the data moved, rerun with --data pointing at its new folder"
 
-    ``cfg.split`` (a frozen split CSV) wins; a CSV manifest with a ``split`` column is used as
-    is; otherwise a stratified split with ``cfg.ratios`` and ``cfg.seed`` is made and saved as
-    ``run_dir/split.csv`` (reused when the run resumes).
+
+def prepare_split(cfg: TrainConfig, run_dir: Path) -> LabeledImages:
+    """The labelled images with their train/val/test assignment, from the run's own ``split.csv``.
+
+    On the first start the split is ``cfg.split`` (a frozen split CSV), a CSV manifest's
+    ``split`` column, or a stratified split with ``cfg.ratios`` and ``cfg.seed``; it is saved as
+    ``run_dir/split.csv`` with the data root (:func:`~anivision.data.folder.images_root`). A
+    resumed run reads that copy; when its recorded root is gone, the images are looked for
+    under the root of ``cfg.data`` (``--data NEW``) instead.
+
+    Raises:
+        AnivisionError: no split can be made, or an image is missing or changed.
     """
-    saved = run_dir / "split.csv"
-    if cfg.split:
-        return read_split(cfg.split)
+    saved = run_dir / RUN_SPLIT
     if saved.exists():
-        return read_split(saved)
-    images = load_labeled(cfg.data)
-    if images.splits is None:
-        images.splits = stratified_split(images.labels, images.classes, parse_ratios(cfg.ratios), cfg.seed)
-        write_split(images, images.splits, saved)
+        moved = cfg.data and not Path(split_root(saved)).is_dir()
+        return read_split(saved, root=data_root(cfg.data) if moved else None, hint=MOVED_HINT_TRAIN)
+    if cfg.split:
+        images = read_split(cfg.split)
+    else:
+        images = load_labeled(cfg.data)
+        if images.splits is None:
+            images.splits = stratified_split(images.labels, images.classes, parse_ratios(cfg.ratios), cfg.seed)
+    write_split(images, images.splits, saved, root=images_root(images.paths, cfg.data or None))
     return images
 
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from anivision.data.cache import DecodedImages, decode_images, default_cache_dir
 from anivision.data.datasets import CachedImageDataset
-from anivision.data.folder import expand_inputs, load_labeled
+from anivision.data.folder import LabeledImages, load_labeled
 from anivision.data.splits import read_split, split_indices
 from anivision.data.transforms import DataConfig, cache_size, eval_transform
 from anivision.engine.checkpoint import load_weights
@@ -27,7 +27,7 @@ from anivision.models.classifier import Classifier
 from anivision.reports.classification import write_report
 from anivision.strategies import Strategy
 from anivision.tasks.classify.config import TrainConfig
-from anivision.tasks.classify.data import RunData, TrainingSets
+from anivision.tasks.classify.data import RUN_SPLIT, RunData, TrainingSets
 from anivision.tasks.classify.model import load_run
 
 
@@ -121,7 +121,25 @@ def measure_inference(
     return {"inference_images_per_second": len(xs) / batch_s if batch_s > 0 else 0.0, "latency_ms": 1000.0 * single_s / k, "inference_batch_size": 64}
 
 
-def _evaluation_set(run_dir: Path, cfg: TrainConfig, classes: list[str], data: str | None) -> tuple[list[str], np.ndarray, np.ndarray]:
+#: What an evaluation whose data moved needs (appended to missing-image errors).
+MOVED_HINT_EVALUATE = "; if the data moved, pass its new folder as data_root (anivision evaluate RUN --data-root DIR)"
+
+
+def _run_split(run_dir: Path, cfg: TrainConfig, data_root: str | Path | None) -> LabeledImages:
+    """The run's split: its own ``split.csv``; for a run made before runs kept one, ``cfg.split``
+    or the ``split`` column of a ``cfg.data`` manifest."""
+    saved = run_dir / RUN_SPLIT
+    if saved.exists() or not (cfg.split or cfg.data):
+        return read_split(saved, root=data_root, hint=MOVED_HINT_EVALUATE)
+    if cfg.split:
+        return read_split(cfg.split, root=data_root, hint=MOVED_HINT_EVALUATE)
+    images = load_labeled(cfg.data)
+    if images.splits is None:
+        raise AnivisionError(f"{run_dir}: no {RUN_SPLIT} (the run's test split is unknown)")
+    return images
+
+
+def _evaluation_set(run_dir: Path, cfg: TrainConfig, classes: list[str], data: str | None, data_root: str | Path | None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(paths, labels in the run's class order, indices to score) of an evaluation."""
     if data:
         images = load_labeled(data)
@@ -130,26 +148,42 @@ def _evaluation_set(run_dir: Path, cfg: TrainConfig, classes: list[str], data: s
             raise AnivisionError(f"{data}: class(es) {', '.join(unknown)} are not classes of the run {run_dir} ({', '.join(classes)})")
         labels = np.asarray([classes.index(images.classes[y]) for y in images.labels], dtype=np.int64)
         return images.paths, labels, np.arange(len(images.paths))
-    split = read_split(cfg.split) if cfg.split else read_split(run_dir / "split.csv")
+    split = _run_split(run_dir, cfg, data_root)
     if split.classes != classes:
         raise AnivisionError(f"{run_dir}: split classes differ from the run's classes")
     idx = np.asarray(split_indices(split.splits or [])["test"], dtype=np.int64)
     return split.paths, np.asarray(split.labels, dtype=np.int64), idx
 
 
-def evaluate_run(run_dir: str | Path, data: str | None = None, out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: str | Path, data: str | None = None, out: str | Path | None = None, progress: bool = True,
+    data_root: str | Path | None = None,
+) -> dict[str, Any]:
     """Evaluate a finished run on its test split, or on every image of ``data``.
 
-    With ``data``, the folder's class names must all be classes of the run.
-    Writes ``metrics.json`` and ``report.md`` into ``out`` (default: ``RUN_DIR/eval`` or
-    ``RUN_DIR/eval-<data name>``).
+    The test split is the run's own ``split.csv``; its images are found under the data root
+    recorded there, or under ``data_root`` when given (the data moved: each image is looked for
+    at the same place relative to the new root, and its sha1 must match). Works from any
+    working directory and after the run folder moved.
+
+    With ``data``, the folder's class names must all be classes of the run (``data_root`` is
+    then not used). Writes ``metrics.json`` and ``report.md`` into ``out`` (default:
+    ``RUN_DIR/eval`` or ``RUN_DIR/eval-<data name>``).
+
+    Raises:
+        AnivisionError: not a trained run; both ``data`` and ``data_root``; the recorded data
+            root or an image is missing (the message says to pass ``data_root``), or changed.
     """
+    if data and data_root:
+        raise AnivisionError("give --data (evaluate on every image of a folder) or --data-root (the test split's images moved there), not both")
     run_dir = Path(run_dir)
     model, cfg, classes, dcfg = load_run(run_dir)
     device = next(model.parameters()).device
-    paths, labels, idx = _evaluation_set(run_dir, cfg, classes, data)
+    paths, labels, idx = _evaluation_set(run_dir, cfg, classes, data, data_root)
     out_dir = Path(out) if out else run_dir / (f"eval-{Path(data).stem}" if data else "eval")
-    decoded = decode_images(paths, cache_size(dcfg), cache_dir=cfg.cache_dir or default_cache_dir(), progress=progress)
+    # The training machine's cache folder may not exist here (a run copied to another machine).
+    cache_dir = cfg.cache_dir if cfg.cache_dir and Path(cfg.cache_dir).is_dir() else default_cache_dir()
+    decoded = decode_images(paths, cache_size(dcfg), cache_dir=cache_dir, progress=progress)
     ds = CachedImageDataset(decoded, idx, labels, eval_transform(dcfg))
     if len(ds) == 0:
         raise AnivisionError(f"{data or run_dir}: no readable images to evaluate")
@@ -158,31 +192,6 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, out: str | Path |
     metrics.update({"n_skipped": len(decoded.errors), "skipped": sorted(decoded.errors), "run": str(run_dir), "data": str(data or "test split")})
     metrics.update(measure_inference(model, decoded, ds.indices, dcfg, device, cfg.channels_last))
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_report(out_dir, metrics, [], title=f"evaluation of {run_dir.name}", config=None)
+    write_report(out_dir, metrics, [], title=f"evaluation of {run_dir.name} on {data or 'its test split'} ({metrics['n_images']} images)", config=None)
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics | {"out": str(out_dir)}
-
-
-def predict_paths(run_dir: str | Path, inputs: list[str], top_k: int = 5, batch_size: int = 64, progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Top-k predictions of a run for images.
-
-    Returns:
-        (rows, skipped): one row per readable image with ``path``, ``pred_i``, ``prob_i``;
-        ``skipped`` maps unreadable paths to their reason.
-    """
-    model, cfg, classes, dcfg = load_run(run_dir)
-    paths = expand_inputs(inputs)
-    k = max(1, min(top_k, len(classes)))
-    decoded = decode_images(paths, cache_size(dcfg), cache_dir=None, progress=progress)
-    ds = CachedImageDataset(decoded, np.arange(len(paths)), None, eval_transform(dcfg))
-    logits, _, _ = predict(model, DataLoader(ds, batch_size=batch_size, shuffle=False), None, cfg.channels_last, desc="predict", progress=progress)
-    probs = softmax_np(logits.astype(np.float64)) if len(logits) else np.zeros((0, len(classes)))
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    rows = []
-    for j, i in enumerate(ds.indices):
-        row: dict[str, Any] = {"path": paths[int(i)]}
-        for r in range(k):
-            row[f"pred_{r + 1}"] = classes[int(order[j, r])]
-            row[f"prob_{r + 1}"] = float(probs[j, order[j, r]])
-        rows.append(row)
-    return rows, dict(decoded.errors)

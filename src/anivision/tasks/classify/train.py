@@ -39,7 +39,8 @@ SCHEDULES = ("cosine", "plateau", "constant")
 def train_classifier(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run (or resume) one classification training job; return the test metrics.
 
-    Writes into ``cfg.out``: ``config.json``, ``split.csv`` (when made here), ``classes.json``,
+    Writes into ``cfg.out``: ``config.json`` (``data``/``split`` absolute), ``split.csv`` (the
+    run's own split, always: see :func:`~anivision.tasks.classify.data.prepare_split`), ``classes.json``,
     ``metrics.jsonl`` (one line per epoch), ``checkpoint/`` (last epoch, for resume),
     ``model.safetensors`` (best weights), ``metrics.json``, ``report.md`` and PNG plots.
     Under torchrun every rank trains (DDP) and rank 0 alone writes; the others return ``{}``.
@@ -54,6 +55,7 @@ def train_classifier(cfg: TrainConfig, progress: bool = True, on_step: Callable[
             different run.
     """
     t_start = time.perf_counter()
+    cfg = cfg.with_absolute_paths()  # config.json records where the data lies, from any working directory
     dinfo = init_distributed()
     run = RunFolder(cfg.out, cfg, dinfo)
     done = run.finished("metrics.json")
@@ -174,9 +176,9 @@ def _validate(cfg: TrainConfig, sets: TrainingSets, device: torch.device, progre
 
 
 def _log_epoch(cfg: TrainConfig, epoch: int, row: dict[str, Any], seconds: float, ips: float, state: TrainState) -> None:
-    msg = f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
+    msg = f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}"
     if "val_loss" in row:
-        msg += f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+        msg += f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}"
     log.info("%s | %.1fs, %.0f img/s", msg, seconds, ips)
     if state.stopped:
         log.info("early stop: no %s improvement for %d epoch(s)", cfg.monitor, cfg.patience)

@@ -23,8 +23,8 @@ from anivision.models.protonet import DISTANCES, PrototypicalNetwork, episode_di
 from anivision.reports.fewshot import format_cell, grid_markdown
 from anivision.tasks.fewshot.config import FewShotTrainConfig
 from anivision.tasks.fewshot.episodes import episode_accuracy, evaluate_episodes
-from anivision.tasks.fewshot.evaluate import GRID_SHOTS, GRID_WAYS, BackboneSpec, backbone_spec, build_backbone, evaluate_fewshot
-from anivision.tasks.fewshot.gallery import enroll_gallery, identify_paths, load_gallery, loo_own_and_other
+from anivision.tasks.fewshot.evaluate import GRID_SHOTS, GRID_WAYS, BackboneSpec, backbone_spec, build_backbone, evaluate_fewshot, run_data
+from anivision.tasks.fewshot.gallery import enroll_gallery, gallery_weights, identify_paths, load_gallery, loo_own_and_other
 from anivision.tasks.fewshot.splits import DEFAULT_CLASS_RATIOS, ClassSplit, class_disjoint_split, parse_class_counts, select_classes
 from anivision.tasks.fewshot.train import episode_step, train_fewshot
 
@@ -32,7 +32,7 @@ __all__ = [
     "DEFAULT_CLASS_RATIOS", "DISTANCES", "GRID_SHOTS", "GRID_WAYS",
     "BackboneSpec", "ClassSplit", "FewShotTrainConfig", "PrototypicalNetwork",
     "backbone_spec", "build_backbone", "class_disjoint_split", "enroll_gallery", "episode_accuracy", "episode_distances",
-    "episode_step", "evaluate_episodes", "evaluate_fewshot", "format_cell", "grid_markdown", "identify_paths",
-    "load_gallery", "loo_own_and_other", "parse_class_counts", "protonet_logits", "prototypes", "select_classes",
+    "episode_step", "evaluate_episodes", "evaluate_fewshot", "format_cell", "gallery_weights", "grid_markdown", "identify_paths",
+    "load_gallery", "loo_own_and_other", "parse_class_counts", "protonet_logits", "prototypes", "run_data", "select_classes",
     "train_fewshot",
 ]

@@ -1,12 +1,21 @@
-"""The meta-training run's typed configuration, saved as the run's ``config.json``."""
+"""The meta-training run's typed configuration, saved as the run's ``config.json``.
+
+``data`` and a ``weights`` file are recorded absolute (:meth:`FewShotTrainConfig.with_absolute_paths`,
+applied by ``train_fewshot``), so the run works from any working directory. The same-run rule
+compares them as locations: ``data`` is the same place however spelt, or a saved place that
+no longer exists (the data moved: rerun with ``--data NEW``; the run's ``classes.json`` must
+still name classes of the new folder).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Mapping
 
 from anivision.config import RunConfig
+from anivision.data.folder import absolute_if_file, absolute_path, same_location
 from anivision.data.transforms import AugmentConfig
 from anivision.errors import AnivisionError
 from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
@@ -60,6 +69,17 @@ class FewShotTrainConfig(RunConfig):
     workers: int = 0
     device: str | None = None
     cache_dir: str | None = None
+
+    def with_absolute_paths(self) -> "FewShotTrainConfig":
+        """A copy with ``data`` and a ``weights`` file as absolute paths (what ``config.json`` records)."""
+        return dataclasses.replace(self, data=absolute_path(self.data) if self.data else self.data, weights=absolute_if_file(self.weights))
+
+    def differences(self, old: Mapping[str, Any], source: str = "config.json") -> list[str]:
+        """The same-run rule, with ``data`` and ``weights`` compared as locations (module docstring)."""
+        return [
+            k for k in super().differences(old, source)
+            if k not in ("data", "weights") or not same_location(old.get(k), getattr(self, k), moved_ok=k == "data")
+        ]
 
     def validate(self) -> None:
         """Raise AnivisionError for values no run can use."""

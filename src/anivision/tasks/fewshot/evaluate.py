@@ -3,6 +3,9 @@
 A backbone is a :class:`BackboneSpec`: a meta-training run (``--run``) or a timm name and
 weights (``--backbone``/``--weights``). Its embeddings of the chosen classes are cached, then
 every cell is seeded episodes on them (:func:`~anivision.tasks.fewshot.episodes.episode_accuracy`).
+
+A run's data is the absolute ``data`` of its ``config.json`` (:func:`run_data`); when that
+folder is gone (the data moved), ``data`` is given again.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from anivision.data.cache import default_cache_dir
-from anivision.data.folder import LabeledImages, load_labeled
+from anivision.data.folder import LabeledImages, absolute_path, load_labeled
 from anivision.data.transforms import DataConfig
 from anivision.embeddings import embed_paths, pick_device
 from anivision.errors import AnivisionError
@@ -64,13 +67,31 @@ def backbone_spec(run: str | None, backbone: str | None, weights: str | None, im
             if not (r / f).exists():
                 raise AnivisionError(f"{r}: not a few-shot run ({f} missing; train with 'anivision fewshot train')")
         cfg = FewShotTrainConfig.load(r / "config.json")
-        return BackboneSpec(cfg.backbone, str((r / "model.safetensors").resolve()), int(img_size or cfg.img_size), run=str(r), distance=cfg.distance, crop_pct=cfg.crop_pct)
+        run_abs = absolute_path(r)
+        return BackboneSpec(cfg.backbone, str(Path(run_abs) / "model.safetensors"), int(img_size or cfg.img_size), run=run_abs, distance=cfg.distance, crop_pct=cfg.crop_pct)
     if not backbone:
         backbone = DEFAULT_BACKBONE
     w = weights or DEFAULT_WEIGHTS
     if Path(w).is_file():
-        w = str(Path(w).resolve())
+        w = absolute_path(w)
     return BackboneSpec(backbone, w, int(img_size or 128))
+
+
+def run_data(run: str | Path, data: str | Path | None = None) -> str:
+    """The dataset a few-shot run is evaluated on: ``data`` when given, else the one it was trained on.
+
+    Raises:
+        AnivisionError: the recorded dataset is not there any more (the message says to pass
+            ``--data``), or ``data`` does not exist.
+    """
+    if data:
+        if not Path(data).exists():
+            raise AnivisionError(f"{data}: no such dataset folder or manifest")
+        return str(data)
+    recorded = FewShotTrainConfig.load(Path(run) / "config.json").data
+    if not recorded or not Path(recorded).exists():
+        raise AnivisionError(f"{recorded or run}: the dataset of the run {run} is not there any more; pass its new location with --data DIR")
+    return absolute_path(recorded)
 
 
 def build_backbone(spec: BackboneSpec, device: str | None = None) -> tuple[nn.Module, DataConfig]:

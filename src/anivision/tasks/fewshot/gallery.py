@@ -4,6 +4,15 @@ Enrolling is :meth:`PrototypicalNetwork.process_support_set` on the gallery's em
 identifying is the distances of new images to those prototypes, with ``unknown`` beyond a
 threshold learnt from the enrolment images. Adding a character is adding a folder: no
 retraining.
+
+A gallery folder is self-contained: ``prototypes.safetensors``, ``gallery.json`` and, when the
+backbone's weights are a file (a few-shot run's ``model.safetensors``, or ``--weights FILE``),
+its own copy of them (``backbone.safetensors``: a hard link where the file system allows, a
+copy otherwise). Identification reads only the gallery folder, so it works from any working
+directory, after the gallery and the run are moved anywhere, and even after the run is
+retrained or deleted: the prototypes always meet the weights they were made with, and the
+recorded ``model_fingerprint`` checks that. ``run`` and ``gallery`` in ``gallery.json`` are
+absolute paths kept for the record only.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +30,12 @@ from safetensors.torch import load_file, save_file
 
 from anivision.data.cache import decode_images, default_cache_dir
 from anivision.data.datasets import CachedImageDataset
-from anivision.data.folder import expand_inputs, scan_class_folders
+from anivision.data.folder import absolute_path, expand_inputs, scan_class_folders
 from anivision.data.transforms import cache_size, eval_transform
 from anivision.embeddings import embed_paths, forward_batches, model_fingerprint
 from anivision.errors import AnivisionError
 from anivision.files import atomic_write_json
+from anivision.models.backbone import LITE0_WEIGHTS
 from anivision.models.protonet import PrototypicalNetwork, check_distance, episode_distances
 from anivision.tasks.fewshot.evaluate import BackboneSpec, build_backbone
 
@@ -86,6 +97,45 @@ def _save_prototypes(out_dir: Path, protos: np.ndarray) -> None:
     os.replace(tmp, out_dir / "prototypes.safetensors")
 
 
+#: Weights that are names, not files (rebuilt by name at identification).
+NAMED_WEIGHTS = ("none", "imagenet", LITE0_WEIGHTS)
+
+
+def _keep_weights(weights: str, out_dir: Path) -> str | None:
+    """The gallery's own copy of a weights file (hard link, else copy), by its name in
+    ``out_dir``; None for named weights."""
+    src = Path(weights)
+    if weights in NAMED_WEIGHTS or not src.is_file():
+        return None
+    dest = out_dir / f"backbone{src.suffix or '.safetensors'}"
+    tmp = out_dir / f"{dest.name}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)  # the run replaces its weights by rename, so a link never changes under us
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+    return dest.name
+
+
+def gallery_weights(gallery: str | Path, meta: dict[str, Any]) -> str:
+    """The weights a gallery's backbone is rebuilt with: its own copy, else (a gallery made by
+    an older anivision) the recorded name or file.
+
+    Raises:
+        AnivisionError: the weights file is missing.
+    """
+    if meta.get("weights_file"):
+        w = Path(gallery) / meta["weights_file"]
+        if not w.is_file():
+            raise AnivisionError(f"{w}: the gallery's backbone weights are missing; re-run 'anivision enroll'")
+        return str(w)
+    w = str(meta["weights"])
+    if w not in NAMED_WEIGHTS and not Path(w).is_file():
+        raise AnivisionError(f"{w}: the backbone weights of gallery {gallery} are not there any more (the run moved?); re-run 'anivision enroll'")
+    return w
+
+
 def enroll_gallery(
     gallery: str,
     out: str | Path,
@@ -108,7 +158,8 @@ def enroll_gallery(
     rule, the leave-one-out accuracy and the fraction of enrolment images whose nearest
     *other* prototype is within the threshold (a rough impostor acceptance rate).
 
-    Writes ``out/prototypes.safetensors`` (``prototypes`` (C, D) float32) and ``out/gallery.json``.
+    Writes ``out/prototypes.safetensors`` (``prototypes`` (C, D) float32), ``out/gallery.json``
+    and, for weights from a file, ``out/backbone.safetensors`` (see the module docstring).
 
     Args:
         gallery: class-per-folder images, one folder per character.
@@ -146,7 +197,8 @@ def enroll_gallery(
         "counts": [int((labs == c).sum()) for c in range(len(images.classes))],
         "backbone": spec.backbone,
         "weights": spec.weights,
-        "run": spec.run,
+        "weights_file": _keep_weights(spec.weights, out_dir),
+        "run": absolute_path(spec.run) if spec.run else None,
         "model_fingerprint": model_fingerprint(model),
         "img_size": dcfg.img_size,
         "crop_pct": dcfg.crop_pct,
@@ -158,7 +210,7 @@ def enroll_gallery(
         "seed": seed,
         "loo_accuracy": float(correct[has_own].mean()) if has_own.any() else None,
         "impostor_within_threshold": float((other <= threshold).mean()) if threshold is not None else None,
-        "gallery": str(gallery),
+        "gallery": absolute_path(gallery),
         "skipped": emb.skipped,
     }
     atomic_write_json(out_dir / "gallery.json", meta)
@@ -220,10 +272,11 @@ def identify_paths(
     if top_k < 1:
         raise AnivisionError("--top-k must be at least 1")
     meta, protos = load_gallery(gallery)
-    spec = BackboneSpec(meta["backbone"], meta["weights"], int(meta["img_size"]), run=meta.get("run"), distance=meta["distance"], crop_pct=float(meta.get("crop_pct", 1.0)))
+    weights = gallery_weights(gallery, meta)
+    spec = BackboneSpec(meta["backbone"], weights, int(meta["img_size"]), run=meta.get("run"), distance=meta["distance"], crop_pct=float(meta.get("crop_pct", 1.0)))
     model, dcfg = build_backbone(spec, device)
     if model_fingerprint(model) != meta.get("model_fingerprint"):
-        raise AnivisionError(f"{gallery}: the backbone weights {meta['weights']} changed since enrolment; re-run 'anivision enroll'")
+        raise AnivisionError(f"{gallery}: the backbone weights {weights} changed since enrolment; re-run 'anivision enroll'")
     paths = expand_inputs(inputs)
     # Decoded here rather than via embed_paths: the reasons of unreadable files are reported.
     decoded = decode_images(paths, cache_size(dcfg), cache_dir=None, progress=progress)

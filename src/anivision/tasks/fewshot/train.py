@@ -200,7 +200,7 @@ def pretrain_supervised(
             start_step=epoch * per_epoch, amp=cfg.amp, grad_clip=cfg.grad_clip, channels_last=True, on_step=on_step,
             desc=f"pretrain {epoch + 1}/{cfg.pretrain_epochs}", progress=progress,
         )
-        log.info("pretrain epoch %d/%d: loss %.4f acc %.4f (%.0fs)", epoch + 1, cfg.pretrain_epochs, stats.loss, stats.accuracy, stats.seconds)
+        log.info("pretrain epoch %d/%d: loss %.4f acc %.2f%% (%.0fs)", epoch + 1, cfg.pretrain_epochs, stats.loss, 100 * stats.accuracy, stats.seconds)
         sub.end_epoch(state, epoch, {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.accuracy}, model, optimizer)
     sub.save_weights(backbone, "backbone.safetensors")
 
@@ -247,6 +247,7 @@ def train_fewshot(cfg: FewShotTrainConfig, progress: bool = True, on_step: Calla
             holds a different run.
     """
     cfg.validate()
+    cfg = cfg.with_absolute_paths()  # config.json records where the data lies, from any working directory
     run = RunFolder(cfg.out, cfg)
     if (done := run.finished("train.json")) is not None:
         return done
@@ -268,7 +269,7 @@ def train_fewshot(cfg: FewShotTrainConfig, progress: bool = True, on_step: Calla
         state.history.append({"epoch": 0, "val_acc": v0})
         run.rewrite_metrics_log(state.history)
         if v0 is not None:
-            log.info("epoch 0 (before meta-training): val %d-way %d-shot acc %.4f", data.val_sampler.n_way, cfg.k_shot, v0)  # type: ignore[union-attr]
+            log.info("epoch 0 (before meta-training): val %d-way %d-shot acc %.2f%%", data.val_sampler.n_way, cfg.k_shot, 100 * v0)  # type: ignore[union-attr]
     net = PrototypicalNetwork(backbone, cfg.distance, cfg.cosine_scale)
     first_step = pretrain_steps(cfg, data)
     for epoch in state.epochs(cfg.epochs + 1):
@@ -279,9 +280,9 @@ def train_fewshot(cfg: FewShotTrainConfig, progress: bool = True, on_step: Calla
         if state.tracker.update(row["val_acc"], epoch):
             run.save_weights(backbone, "model.safetensors", metadata={"backbone": cfg.backbone, "epoch": str(epoch)})
         run.end_epoch(state, epoch, row, backbone, optimizer)
-        msg = f"epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
+        msg = f"epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}"
         if row["val_acc"] is not None:
-            msg += f" | val {data.val_sampler.n_way}-way {cfg.k_shot}-shot acc {row['val_acc']:.4f}"  # type: ignore[union-attr]
+            msg += f" | val {data.val_sampler.n_way}-way {cfg.k_shot}-shot acc {row['val_acc']:.2%}"  # type: ignore[union-attr]
         log.info("%s | %.0fs, lr %.0e", msg, row["epoch_seconds"], row["lr"])
     summary = run_summary(cfg, run, state, data)
     run.write_json("train.json", summary)

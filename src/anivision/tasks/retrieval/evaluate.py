@@ -1,6 +1,13 @@
 """Evaluation of the cross-role protocol on cached embeddings: per fold, mean +/- std over folds,
 a trained run's folds again (:func:`evaluate_run`) and the untrained baseline on the same folds
-(:func:`evaluate_baseline`)."""
+(:func:`evaluate_baseline`).
+
+A retrieval run folder holds no other path than its data's: ``data.json``'s ``source``, recorded
+absolute (:func:`data_summary`), so ``retrieval evaluate RUN`` finds it from any working
+directory and after the run folder moved (fold models are ``model.json`` + safetensors inside
+the run). When the data moved, it is given again (:func:`run_data_source`); the run's
+``folds.json`` then checks that it still gives the same folds.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from anivision.data.folder import absolute_path
 from anivision.data.reid import DEFAULT_FOLDS, DEFAULT_QUERY_RATIO, Fold, ReidImages, make_folds
 from anivision.data.transforms import DataConfig
 from anivision.embeddings import embed_paths, pick_device
@@ -158,9 +166,9 @@ def summarize_folds(fold_results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def data_summary(data: ReidImages, source: str | Path) -> dict[str, Any]:
-    """Counts for ``data.json`` and the report: totals, per work, per role."""
+    """Counts for ``data.json`` and the report: totals, per work, per role; ``source`` made absolute."""
     return {
-        "source": str(source),
+        "source": absolute_path(source) if str(source) else "",
         "images": len(data),
         "works": len(data.work_names),
         "roles": len(set(data.role_keys())),
@@ -168,6 +176,24 @@ def data_summary(data: ReidImages, source: str | Path) -> dict[str, Any]:
         "per_work": data.work_counts(),
         "per_role": data.role_counts(),
     }
+
+
+def run_data_source(run_dir: str | Path, data: str | Path | None = None) -> str:
+    """The data a run is evaluated on: ``data`` when given, else the ``source`` in its ``data.json``.
+
+    Raises:
+        AnivisionError: no data given and none recorded, or the recorded data is not there any
+            more (the message says to pass ``--data``).
+    """
+    if data:
+        return str(data)
+    saved = Path(run_dir) / "data.json"
+    source = json.loads(saved.read_text()).get("source") if saved.exists() else None
+    if not source:
+        raise AnivisionError(f"{run_dir}: the run does not record its data; pass --data ROOT")
+    if not Path(source).exists():
+        raise AnivisionError(f"{source}: the data of the run {run_dir} is not there any more; pass its new location with --data ROOT")
+    return absolute_path(source)
 
 
 def model_info(cfg: RetrievalConfig) -> dict[str, Any]:

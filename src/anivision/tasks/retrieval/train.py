@@ -168,9 +168,9 @@ def train_fold(
         )
         row = history_row(epoch, stats)
         log.info(
-            "fold %d epoch %d/%d: loss %.4f (id %.4f, triplet %.4f), id acc %.3f, lr %.2e, %.1fs",
+            "fold %d epoch %d/%d: loss %.4f (id %.4f, triplet %.4f), id acc %.2f%%, lr %.2e, %.1fs",
             fold.index, epoch + 1, cfg.epochs, row["train_loss"], row["id_loss"], row["triplet_loss"],
-            row["train_acc"], row["lr"], row["seconds"],
+            100 * row["train_acc"], row["lr"], row["seconds"],
         )
         run.end_epoch(state, epoch, row, model, optimizer)
     model.eval()
@@ -258,7 +258,7 @@ def train_run(
             model = train_fold(data, images, fold, cfg, dcfg, fold_run, device, progress, on_step)
         res = evaluate_fold_model(model, dcfg, data, fold, cfg.metric, cache_dir, cfg.eval_batch_size, progress)
         fold_run.write_json("metrics.json", res)
-        log.info("fold %d: mAP %.4f, mINP %.4f, rank-1 %.4f", fold.index, res["mAP"], res["mINP"], res["rank1"])
+        log.info("fold %d: mAP %.2f%%, mINP %.2f%%, rank-1 %.2f%%", fold.index, 100 * res["mAP"], 100 * res["mINP"], 100 * res["rank1"])
         results.append(res)
     summary = run_summary("trained", model_info(cfg), cfg.folds, cfg.query_ratio, cfg.seed, data, data_source, command, results)
     run.write_json("metrics.json", summary)
