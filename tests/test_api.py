@@ -107,3 +107,47 @@ def test_help_lists_the_public_api():
     text = buf.getvalue()
     for name in av.__all__:
         assert name in text
+
+
+def test_fewshot_gallery_and_retrieval_through_the_api(tmp_path):
+    from anivision.data.synth import generate
+
+    chars = make_class_folders(tmp_path / "chars", n_classes=4, n_per_class=10)
+    cache = str(tmp_path / "cache")
+    fs = av.fewshot.train(data=str(chars), out=str(tmp_path / "proto"), backbone=TINY_CNN, weights="none", img_size=32,
+                          epochs=1, episodes_per_epoch=2, n_way=2, k_shot=2, n_query=2, val_episodes=5, classes="2/2/0", cache_dir=cache)
+    assert isinstance(fs, av.FewShotModel) and isinstance(av.load(tmp_path / "proto"), av.FewShotModel)
+    assert fs.embed(str(chars / "class0")).shape == (10, fs.model.num_features)
+
+    gallery_dir = tmp_path / "gallery"
+    gallery = av.enroll(tmp_path / "proto", chars, out=gallery_dir, k_shot=5)
+    assert isinstance(gallery, av.Gallery) and gallery.classes == ["class0", "class1", "class2", "class3"]
+    queries = sorted(str(p) for p in (chars / "class2").glob("*.png"))[:3]
+    by_path = gallery.identify(queries, top_k=2)
+    by_pil = av.load(gallery_dir).identify([Image.open(q) for q in queries], top_k=2, threshold=float("inf"))
+    assert [i.source for i in by_path] == queries
+    assert all(i.known for i in by_pil)  # an infinite threshold: never unknown
+    csv_path = tmp_path / "who.csv"
+    assert main(["-q", "identify", str(gallery_dir), *queries, "--top-k", "2", "--out", str(csv_path)]) == 0
+    rows = list(csv.DictReader(open(csv_path)))
+    for ident, row in zip(by_path, rows):
+        assert [lab for lab, _ in ident.topk] == [row["pred_1"], row["pred_2"]]
+        assert [d for _, d in ident.topk] == pytest.approx([float(row["dist_1"]), float(row["dist_2"])], rel=1e-5)
+    # A plain backbone enrols too, into a temporary folder when no out is given.
+    tmp_gallery = av.enroll(TINY_CNN, chars, weights="none", k_shot=3)
+    assert tmp_gallery.path.is_dir() and len(tmp_gallery.identify(queries[0])) == 1
+
+    style = tmp_path / "style"
+    generate("style", style, n_per_class=3, size=32, seed=0, n_works=3, roles_per_work=2, progress=False)
+    run = tmp_path / "style-run"
+    assert main(["-q", "retrieval", "train", "--data", str(style), "--backbone", TINY_CNN, "--weights", "none", "--img-size", "32",
+                 "--epochs", "1", "--folds", "3", "--p", "2", "--k", "2", "--fold", "0", "--cache-dir", cache, "--out", str(run)]) == 0
+    retriever = av.retrieval.load(run)
+    assert isinstance(av.load(run), av.StyleRetriever)
+    query = sorted((style / "work_01").rglob("*.jpg"))[0]
+    found = retriever.search([str(query), Image.open(query)], gallery=style, top_k=4)
+    assert [r.source for r in found] == [str(query), "<image 1>"]
+    assert [h["path"] for h in found[0].hits] == [h["path"] for h in found[1].hits]
+    assert found[0].hits[0]["path"] == str(query)  # the query itself is in the gallery: distance 0
+    assert found[0].work == "work_01" and sum(n for _, n in found[0].votes) == 4
+    assert retriever.embed([str(query)]).shape[0] == 1

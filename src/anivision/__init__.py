@@ -3,18 +3,42 @@
 The Python API (the command line ``anivision`` calls the same functions)::
 
     import anivision as av
-    clf = av.load("runs/emo-full")                   # any run folder anivision wrote
+    clf = av.load("runs/emo-full")                   # any folder anivision wrote
     preds = clf.predict(["a.png", pil_image, uint8_array], top_k=3)
     preds[0].label, preds[0].prob, preds[0].topk
     clf.embed("folder/")                             # (N, D) float32 features
     clf = av.train(data="data/emotions", strategy="full", epochs=6, out="runs/x")
+    gallery = av.enroll("runs/proto", "my_characters/", k_shot=5)    # few-shot run or backbone name
+    gallery.identify(["new.png"], top_k=3)           # -> [Identification(label, distance, topk, source)]
+    av.retrieval.load("runs/style").search(["q.png"], gallery="data/style", top_k=5)
 
-Public names: :func:`load`, :func:`train`, :class:`ImageClassifier`, :class:`Prediction`,
-:class:`AnivisionError`, ``__version__``.
+Public names: :func:`load`, :func:`train`, :func:`enroll`, the namespaces :mod:`fewshot`
+(``train``, ``load``, ``model``, ``enroll``) and :mod:`retrieval` (``load``), the classes they
+return (:class:`ImageClassifier`, :class:`Prediction`, :class:`FewShotModel`, :class:`Gallery`,
+:class:`Identification`, :class:`StyleRetriever`, :class:`SearchResult`),
+:class:`AnivisionError` and ``__version__``. Images may be paths, folders, glob patterns, PIL
+images of any mode or uint8 numpy arrays, and are preprocessed exactly as for training.
 """
 
-from anivision.api import ImageClassifier, Prediction, load, run_kind, train
+from anivision.api import (
+    FewShotModel,
+    Gallery,
+    Identification,
+    ImageClassifier,
+    Prediction,
+    SearchResult,
+    StyleRetriever,
+    enroll,
+    fewshot,
+    load,
+    retrieval,
+    run_kind,
+    train,
+)
 from anivision.errors import AnivisionError
 from anivision.version import __version__
 
-__all__ = ["AnivisionError", "ImageClassifier", "Prediction", "__version__", "load", "run_kind", "train"]
+__all__ = [
+    "AnivisionError", "FewShotModel", "Gallery", "Identification", "ImageClassifier", "Prediction", "SearchResult",
+    "StyleRetriever", "__version__", "enroll", "fewshot", "load", "retrieval", "run_kind", "train",
+]

@@ -6,7 +6,10 @@
     clf = av.load("runs/emo-full")                     # a classification run
     clf.predict(["a.png", pil_image, uint8_array], top_k=3)
     clf.embed("more_images/")                          # (N, D) float32
-    run = av.train(data="data/emotions", strategy="full", epochs=6, out="runs/x")
+    clf = av.train(data="data/emotions", strategy="full", epochs=6, out="runs/x")
+    gallery = av.enroll("runs/proto", "my_characters/", k_shot=5)   # a few-shot run or a backbone
+    gallery.identify(images)
+    av.retrieval.load("runs/style").search(images, gallery="data/style", top_k=5)
 
 Every call goes through the same functions as the ``anivision`` command line, with the same
 preprocessing, batched, silent (no progress bars unless ``progress=True``, no printing).
@@ -18,6 +21,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from anivision.api import fewshot, retrieval
+from anivision.api.fewshot import enroll
 from anivision.errors import AnivisionError
 from anivision.tasks.classify import (
     TRAIN_OPTION_KEYS,
@@ -71,7 +76,11 @@ def load(path: str | Path, device: str | None = None) -> Any:
     kind = run_kind(path)
     if kind == "classifier":
         return ImageClassifier.load(path, device)
-    raise AnivisionError(f"{path}: loading a {kind} folder is not supported")
+    if kind == "fewshot":
+        return fewshot.load(path, device)
+    if kind == "gallery":
+        return fewshot.Gallery.load(path, device)
+    return retrieval.load(path, device=device)
 
 
 def train(progress: bool = False, **options: Any) -> ImageClassifier:
@@ -98,4 +107,13 @@ def train(progress: bool = False, **options: Any) -> ImageClassifier:
     return clf
 
 
-__all__ = ["ImageClassifier", "Prediction", "load", "run_kind", "train"]
+FewShotModel = fewshot.FewShotModel
+Gallery = fewshot.Gallery
+Identification = fewshot.Identification
+StyleRetriever = retrieval.StyleRetriever
+SearchResult = retrieval.SearchResult
+
+__all__ = [
+    "FewShotModel", "Gallery", "Identification", "ImageClassifier", "Prediction", "SearchResult", "StyleRetriever",
+    "enroll", "fewshot", "load", "retrieval", "run_kind", "train",
+]

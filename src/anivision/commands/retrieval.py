@@ -14,25 +14,19 @@ from typing import Any
 
 from anivision.commands import add_shared, deprecated, print_help_when_bare
 from anivision.data.cache import default_cache_dir
-from anivision.data.images import is_image_file
 from anivision.data.reid import DEFAULT_FOLDS, DEFAULT_QUERY_RATIO, load_reid, summarize
-from anivision.embeddings import embed_paths
 from anivision.errors import AnivisionError
 from anivision.files import atomic_write_json
 from anivision.models.backbone import DEFAULT_BACKBONE, LITE0_ARCH, LITE0_WEIGHTS
-from anivision.models.reid_head import EmbeddingModel
 from anivision.reports.plots import plot_image_grid
 from anivision.tasks.retrieval import (
     PRESETS,
     RetrievalConfig,
-    build_gallery_index,
+    StyleRetriever,
     evaluate_baseline,
     evaluate_run,
-    load_fold_model,
     load_run_config,
-    pick_search_fold,
     run_data_source,
-    search,
     train_run,
 )
 
@@ -159,44 +153,20 @@ def cmd_search(args: argparse.Namespace) -> int:
     """Most similar gallery images (and their works) for each query image."""
     if args.top_k < 1:
         raise AnivisionError("--top-k must be at least 1")
-    run = Path(args.run_dir)
-    cfg = load_run_config(run)
-    fold = pick_search_fold(run, args.fold)
-    model, dcfg = load_fold_model(run / f"fold{fold}", args.device)
     progress = not getattr(args, "quiet", False)
-    gallery = load_reid(args.gallery_images, strict=False)
-    index = build_gallery_index(model, dcfg, gallery, run / "search_index", progress=progress)
-    print(f"gallery: {len(index.paths)} images of {len(set(index.works))} works (fold {fold} model)", file=sys.stderr)
-
-    queries: list[str] = []
-    for item in args.images:
-        p = Path(item)
-        if p.is_dir():
-            queries += [str(f) for f in sorted(p.rglob("*")) if f.is_file() and is_image_file(f)]
-        elif p.exists():
-            queries.append(str(p))
-        else:
-            raise AnivisionError(f"{p}: no such image file or folder")
-    if not queries:
-        raise AnivisionError("no query image given")
-    emb = embed_paths(EmbeddingModel(model), queries, dcfg, cache_dir=None, progress=progress)
-    for path in emb.skipped:
-        print(f"skipped unreadable query: {path}", file=sys.stderr)
-    valid_q = [q for q, ok in zip(queries, emb.valid) if ok]
-    hits = search(index, emb.features[emb.valid], args.top_k, cfg.metric)
+    retriever = StyleRetriever.load(args.run_dir, args.fold, args.device)
+    index = retriever.index(args.gallery_images, progress=progress)
+    print(f"gallery: {len(index.paths)} images of {len(set(index.works))} works (fold {retriever.fold} model)", file=sys.stderr)
+    found = retriever.search(args.images, index, args.top_k, skip_unreadable=True, progress=progress)
     results = []
-    for q, top in zip(valid_q, hits):
-        votes: dict[str, int] = {}
-        for t in top:
-            votes[t["work"]] = votes.get(t["work"], 0) + 1
-        ranked = sorted(votes.items(), key=lambda kv: -kv[1])
-        print(f"{q}: nearest work {top[0]['work']}; top-{len(top)} works: " + ", ".join(f"{w} ({n})" for w, n in ranked))
-        for i, t in enumerate(top, 1):
+    for r in found:
+        print(f"{r.source}: nearest work {r.work}; top-{len(r.hits)} works: " + ", ".join(f"{w} ({n})" for w, n in r.votes))
+        for i, t in enumerate(r.hits, 1):
             print(f"  {i:>3}. {t['dist']:.4f}  {t['work']}/{t['role']}  {t['path']}")
-        results.append({"query": q, "top": top})
+        results.append({"query": r.source, "top": r.hits})
     if args.out:
         out = Path(args.out)
-        atomic_write_json(out / "search.json", {"run": str(run), "fold": fold, "gallery": str(args.gallery_images), "results": results})
+        atomic_write_json(out / "search.json", {"run": str(args.run_dir), "fold": retriever.fold, "gallery": str(args.gallery_images), "results": results})
         rows = [[(r["query"], "query", None)] + [(t["path"], f"{i}. {t['work']}", None) for i, t in enumerate(r["top"], 1)] for r in results[:20]]
         plot_image_grid(rows, out / "search.png")
         print(f"results: {out / 'search.json'}, {out / 'search.png'}", file=sys.stderr)

@@ -13,7 +13,8 @@ The package, one concept a module:
 - :mod:`.episodes`: N-way K-shot accuracy of cached embeddings, vectorised over episodes;
 - :mod:`.train`: meta-training through the engine (an episode step), resumable;
 - :mod:`.evaluate`: backbones to embed with, and the AniWho Table 8 grid;
-- :mod:`.gallery`: enrolment and open-set identification.
+- :mod:`.gallery`: enrolment and the gallery folder;
+- :mod:`.predictor`: :class:`FewShotModel` (embed, enroll) and :class:`Gallery` (identify), used by the CLI and the Python API.
 
 The model and its maths are :mod:`anivision.models.protonet`; the markdown report is
 :mod:`anivision.reports.fewshot`.
@@ -24,13 +25,14 @@ from anivision.reports.fewshot import format_cell, grid_markdown
 from anivision.tasks.fewshot.config import FewShotTrainConfig
 from anivision.tasks.fewshot.episodes import episode_accuracy, evaluate_episodes
 from anivision.tasks.fewshot.evaluate import GRID_SHOTS, GRID_WAYS, BackboneSpec, backbone_spec, build_backbone, evaluate_fewshot, run_data
-from anivision.tasks.fewshot.gallery import enroll_gallery, gallery_weights, identify_paths, load_gallery, loo_own_and_other
+from anivision.tasks.fewshot.gallery import enroll_gallery, gallery_weights, load_gallery, loo_own_and_other
+from anivision.tasks.fewshot.predictor import FewShotModel, Gallery, Identification, identify_paths
 from anivision.tasks.fewshot.splits import DEFAULT_CLASS_RATIOS, ClassSplit, class_disjoint_split, parse_class_counts, select_classes
 from anivision.tasks.fewshot.train import episode_step, train_fewshot
 
 __all__ = [
     "DEFAULT_CLASS_RATIOS", "DISTANCES", "GRID_SHOTS", "GRID_WAYS",
-    "BackboneSpec", "ClassSplit", "FewShotTrainConfig", "PrototypicalNetwork",
+    "BackboneSpec", "ClassSplit", "FewShotModel", "FewShotTrainConfig", "Gallery", "Identification", "PrototypicalNetwork",
     "backbone_spec", "build_backbone", "class_disjoint_split", "enroll_gallery", "episode_accuracy", "episode_distances",
     "episode_step", "evaluate_episodes", "evaluate_fewshot", "format_cell", "gallery_weights", "grid_markdown", "identify_paths",
     "load_gallery", "loo_own_and_other", "parse_class_counts", "protonet_logits", "prototypes", "run_data", "select_classes",

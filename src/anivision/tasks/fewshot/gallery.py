@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from safetensors.torch import load_file, save_file
 
-from anivision.data.cache import decode_images, default_cache_dir
-from anivision.data.datasets import CachedImageDataset
-from anivision.data.folder import absolute_path, expand_inputs, scan_class_folders
-from anivision.data.transforms import cache_size, eval_transform
-from anivision.embeddings import embed_paths, forward_batches, model_fingerprint
+from anivision.data.cache import default_cache_dir
+from anivision.data.folder import absolute_path, scan_class_folders
+from anivision.embeddings import embed_paths, model_fingerprint
+from anivision.engine.checkpoint import save_weights
 from anivision.errors import AnivisionError
 from anivision.files import atomic_write_json
 from anivision.models.backbone import LITE0_WEIGHTS
@@ -101,10 +101,14 @@ def _save_prototypes(out_dir: Path, protos: np.ndarray) -> None:
 NAMED_WEIGHTS = ("none", "imagenet", LITE0_WEIGHTS)
 
 
-def _keep_weights(weights: str, out_dir: Path) -> str | None:
+def _keep_weights(weights: str, out_dir: Path, model: nn.Module) -> str | None:
     """The gallery's own copy of a weights file (hard link, else copy), by its name in
-    ``out_dir``; None for named weights."""
+    ``out_dir``; None for named weights. Randomly initialised weights (``none``) are saved too:
+    no later build could give the same network."""
     src = Path(weights)
+    if weights == "none":
+        save_weights(model, out_dir / "backbone.safetensors")
+        return "backbone.safetensors"
     if weights in NAMED_WEIGHTS or not src.is_file():
         return None
     dest = out_dir / f"backbone{src.suffix or '.safetensors'}"
@@ -197,7 +201,7 @@ def enroll_gallery(
         "counts": [int((labs == c).sum()) for c in range(len(images.classes))],
         "backbone": spec.backbone,
         "weights": spec.weights,
-        "weights_file": _keep_weights(spec.weights, out_dir),
+        "weights_file": _keep_weights(spec.weights, out_dir, model),
         "run": absolute_path(spec.run) if spec.run else None,
         "model_fingerprint": model_fingerprint(model),
         "img_size": dcfg.img_size,
@@ -224,65 +228,3 @@ def load_gallery(gallery: str | Path) -> tuple[dict[str, Any], np.ndarray]:
         raise AnivisionError(f"{g}: not a gallery folder (make one with 'anivision enroll')")
     meta = json.loads((g / "gallery.json").read_text())
     return meta, load_file(str(g / "prototypes.safetensors"))["prototypes"].numpy()
-
-
-def _ranked_rows(paths: list[str], valid: np.ndarray, dist: np.ndarray, classes: list[str], top_k: int, threshold: float | None) -> list[dict[str, Any]]:
-    """``path, pred_1, dist_1, ...`` rows, nearest first; ``unknown`` first beyond ``threshold``."""
-    k = min(top_k, len(classes))
-    order = np.argsort(dist, axis=1, kind="stable")
-    rows = []
-    for j, i in enumerate(valid):
-        ranked = [(classes[int(c)], float(dist[j, c])) for c in order[j, :k]]
-        if threshold is not None and ranked and ranked[0][1] > threshold:
-            ranked = [("unknown", ranked[0][1])] + ranked[: k - 1]
-        row: dict[str, Any] = {"path": paths[int(i)]}
-        for r, (name, d) in enumerate(ranked, 1):
-            row[f"pred_{r}"], row[f"dist_{r}"] = name, d
-        rows.append(row)
-    return rows
-
-
-def identify_paths(
-    gallery: str | Path,
-    inputs: list[str],
-    top_k: int = 3,
-    threshold: float | None = None,
-    device: str | None = None,
-    progress: bool = True,
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Nearest enrolled characters of images, with ``unknown`` beyond the threshold.
-
-    Rows have ``path``, ``pred_1``, ``dist_1``, ... ``pred_K``, ``dist_K``, nearest first.
-    When the nearest distance exceeds the threshold, ``pred_1`` is ``unknown`` (``dist_1`` the
-    nearest distance) and the characters follow as ``pred_2`` ... (nearest first), so the
-    closest candidates stay visible.
-
-    Args:
-        gallery: folder written by :func:`enroll_gallery`.
-        inputs: image files, folders or glob patterns.
-        top_k: K.
-        threshold: override of the gallery's threshold; ``math.inf`` disables ``unknown``.
-
-    Returns:
-        (rows, skipped): ``skipped`` maps unreadable paths to their reason.
-
-    Raises:
-        AnivisionError: not a gallery, no input matches, or the backbone weights changed.
-    """
-    if top_k < 1:
-        raise AnivisionError("--top-k must be at least 1")
-    meta, protos = load_gallery(gallery)
-    weights = gallery_weights(gallery, meta)
-    spec = BackboneSpec(meta["backbone"], weights, int(meta["img_size"]), run=meta.get("run"), distance=meta["distance"], crop_pct=float(meta.get("crop_pct", 1.0)))
-    model, dcfg = build_backbone(spec, device)
-    if model_fingerprint(model) != meta.get("model_fingerprint"):
-        raise AnivisionError(f"{gallery}: the backbone weights {weights} changed since enrolment; re-run 'anivision enroll'")
-    paths = expand_inputs(inputs)
-    # Decoded here rather than via embed_paths: the reasons of unreadable files are reported.
-    decoded = decode_images(paths, cache_size(dcfg), cache_dir=None, progress=progress)
-    ds = CachedImageDataset(decoded, np.arange(len(paths)), None, eval_transform(dcfg))
-    feats = forward_batches(model, ds, batch_size=64, desc="identify", progress=progress) if len(ds) else np.zeros((0, protos.shape[1]), np.float32)
-    net = PrototypicalNetwork.from_prototypes(torch.as_tensor(protos, dtype=torch.float64), spec.distance)
-    dist = net.distances(torch.as_tensor(feats, dtype=torch.float64)).numpy()
-    thr = meta.get("threshold") if threshold is None else threshold
-    return _ranked_rows(paths, ds.indices, dist, meta["classes"], top_k, thr), dict(decoded.errors)

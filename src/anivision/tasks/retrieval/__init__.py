@@ -39,12 +39,13 @@ from anivision.tasks.retrieval.evaluate import (
     summarize_folds,
 )
 from anivision.tasks.retrieval.model import load_fold_model, make_backbone, reid_augment
+from anivision.tasks.retrieval.predictor import SearchResult, StyleRetriever
 from anivision.tasks.retrieval.search import GalleryIndex, build_gallery_index, pick_search_fold, search
 from anivision.tasks.retrieval.train import reid_step, train_fold, train_run
 
 __all__ = [
     "MAX_RANK", "PRESETS", "SUMMARY_KEYS", "BatchHardTriplet", "GalleryIndex", "IdTripletLoss", "RetrievalConfig",
-    "RetrievalPreset", "WeightedRegularizedTriplet", "build_gallery_index", "data_summary", "evaluate_baseline",
+    "RetrievalPreset", "SearchResult", "StyleRetriever", "WeightedRegularizedTriplet", "build_gallery_index", "data_summary", "evaluate_baseline",
     "evaluate_fold_model", "evaluate_run", "fold_metrics", "format_table", "get_preset", "load_fold_model",
     "load_run_config", "lr_factor", "make_backbone", "pick_search_fold", "preset_lr_fn", "reid_augment", "reid_step", "run_data_source",
     "search", "summarize_folds", "train_fold", "train_run", "weighted_regularized_triplet", "write_report",

@@ -1,0 +1,209 @@
+"""Few-shot models as objects: embed any images, enrol characters, identify them.
+
+``anivision identify`` and the Python API (``anivision.load(gallery).identify(...)``) both go
+through :class:`Gallery`; images go through the training pipeline's decoder
+(:func:`~anivision.embeddings.embed_inputs`), so paths, PIL images and numpy arrays of the same
+picture give the same distances.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from anivision.data.inputs import ImageInput
+from anivision.data.transforms import DataConfig
+from anivision.embeddings import InputFeatures, embed_inputs, model_fingerprint
+from anivision.errors import AnivisionError
+from anivision.models.protonet import PrototypicalNetwork
+from anivision.tasks.fewshot.evaluate import BackboneSpec, backbone_spec, build_backbone
+from anivision.tasks.fewshot.gallery import enroll_gallery, gallery_weights, load_gallery
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = "unknown"
+
+
+@dataclass
+class Identification:
+    """Who one image shows.
+
+    Attributes:
+        label: the nearest enrolled character, or ``"unknown"`` when even the nearest is
+            farther than the gallery's threshold.
+        distance: the distance to the nearest prototype.
+        topk: ``(character, distance)`` pairs, nearest first (``unknown`` first when it applies).
+        source: the image's path, or ``<image i>`` for the i-th in-memory image.
+    """
+
+    label: str
+    distance: float
+    topk: list[tuple[str, float]] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def known(self) -> bool:
+        return self.label != UNKNOWN
+
+
+def _strict(out: InputFeatures, skip_unreadable: bool) -> InputFeatures:
+    """Raise on the first unreadable input unless told to skip (then log each)."""
+    if out.skipped and not skip_unreadable:
+        first = next(iter(out.skipped.values()))
+        more = f" (and {len(out.skipped) - 1} more)" if len(out.skipped) > 1 else ""
+        raise AnivisionError(f"{first}{more}; pass skip_unreadable=True to use the others")
+    for reason in out.skipped.values():
+        log.warning("skipped: %s", reason)
+    return out
+
+
+class FewShotModel:
+    """An embedding backbone for few-shot work: a meta-trained run, or any timm backbone.
+
+    Build it with :meth:`load` (a run folder; ``anivision.load(run)``) or
+    :meth:`from_backbone`.
+    """
+
+    def __init__(self, spec: BackboneSpec, device: str | None = None) -> None:
+        self.spec = spec
+        self.device = device
+        self.model, self.data_config = build_backbone(spec, device)
+
+    @classmethod
+    def load(cls, run: str | Path, device: str | None = None) -> "FewShotModel":
+        return cls(backbone_spec(str(run), None, None, None), device)
+
+    @classmethod
+    def from_backbone(cls, backbone: str, weights: str | None = None, img_size: int = 128, device: str | None = None) -> "FewShotModel":
+        return cls(backbone_spec(None, backbone, weights, img_size), device)
+
+    def __repr__(self) -> str:
+        return f"FewShotModel({self.spec.run or self.spec.backbone!r}, distance={self.spec.distance!r})"
+
+    def embed(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 64, skip_unreadable: bool = False, progress: bool = False) -> np.ndarray:
+        """(N, D) float32 embeddings, one row per readable input."""
+        return _strict(embed_inputs(self.model, images, self.data_config, batch_size, progress=progress), skip_unreadable).values.astype(np.float32)
+
+    def enroll(
+        self, characters: str | Path, out: str | Path | None = None, k_shot: int | None = None, seed: int = 0,
+        distance: str | None = None, percentile: float = 95.0, cache_dir: str | None = None, progress: bool = False,
+    ) -> "Gallery":
+        """One prototype per character folder of ``characters`` (``anivision enroll``).
+
+        Args:
+            characters: a folder with one sub-folder of images per character.
+            out: the gallery folder to write (default: a new temporary folder; pass ``out`` to keep it).
+            k_shot: use K seeded-random images per character (default: all).
+            seed: picks the K images.
+            distance: default: the run's, else euclidean.
+            percentile: of the enrolment images' leave-one-out distances: the ``unknown`` threshold.
+        """
+        out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="anivision-gallery-"))
+        enroll_gallery(str(characters), out, self.spec, k_shot, seed, distance, percentile, cache_dir, self.device, progress)
+        return Gallery.load(out, self.device)
+
+
+class Gallery:
+    """An enrolled gallery: one prototype per character, ``unknown`` beyond a threshold.
+
+    Build it with :meth:`load` (``anivision.load(gallery_dir)``) or :meth:`FewShotModel.enroll`.
+
+    Attributes:
+        path: the gallery folder.
+        classes: the enrolled characters.
+        threshold: the ``unknown`` distance threshold (None: never unknown).
+        distance: ``euclidean`` (squared) or ``cosine``.
+        meta: everything ``gallery.json`` records.
+    """
+
+    def __init__(self, path: str | Path, meta: dict[str, Any], prototypes: np.ndarray, model: nn.Module, data_config: DataConfig) -> None:
+        self.path = Path(path)
+        self.meta = meta
+        self.classes: list[str] = list(meta["classes"])
+        self.threshold: float | None = meta.get("threshold")
+        self.distance: str = meta["distance"]
+        self.model = model
+        self.data_config = data_config
+        self.net = PrototypicalNetwork.from_prototypes(torch.as_tensor(prototypes, dtype=torch.float64), self.distance)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> "Gallery":
+        """Read a gallery folder and rebuild its backbone.
+
+        Raises:
+            AnivisionError: not a gallery, or the backbone weights changed since enrolment.
+        """
+        meta, protos = load_gallery(path)
+        weights = gallery_weights(path, meta)
+        spec = BackboneSpec(meta["backbone"], weights, int(meta["img_size"]), run=meta.get("run"), distance=meta["distance"], crop_pct=float(meta.get("crop_pct", 1.0)))
+        model, dcfg = build_backbone(spec, device)
+        if model_fingerprint(model) != meta.get("model_fingerprint"):
+            raise AnivisionError(f"{path}: the backbone weights {weights} changed since enrolment; re-run 'anivision enroll'")
+        return cls(path, meta, protos, model, dcfg)
+
+    def __repr__(self) -> str:
+        return f"Gallery({str(self.path)!r}, classes={len(self.classes)}, distance={self.distance!r})"
+
+    def distances(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 64, progress: bool = False) -> tuple[np.ndarray, InputFeatures]:
+        """(M, C) distances of the readable inputs to every prototype, and the embedded inputs."""
+        out = embed_inputs(self.model, images, self.data_config, batch_size, progress=progress, width=self.net.prototypes.shape[1])
+        return self.net.distances(torch.as_tensor(out.values, dtype=torch.float64)).numpy(), out
+
+    def rank(self, dist: np.ndarray, out: InputFeatures, top_k: int = 3, threshold: float | None = None) -> list[Identification]:
+        """Identifications from :meth:`distances`' output (``threshold`` overrides the gallery's)."""
+        thr = self.threshold if threshold is None else threshold
+        k = min(top_k, len(self.classes))
+        order = np.argsort(dist, axis=1, kind="stable")
+        found = []
+        for j, i in enumerate(out.rows):
+            ranked = [(self.classes[int(c)], float(dist[j, c])) for c in order[j, :k]]
+            if thr is not None and ranked and ranked[0][1] > thr:
+                ranked = [(UNKNOWN, ranked[0][1])] + ranked[: k - 1]
+            found.append(Identification(ranked[0][0], ranked[0][1], ranked, out.decoded.paths[int(i)]))
+        return found
+
+    def identify(
+        self, images: ImageInput | Iterable[ImageInput], top_k: int = 3, threshold: float | None = None,
+        batch_size: int = 64, skip_unreadable: bool = False, progress: bool = False,
+    ) -> list[Identification]:
+        """The nearest enrolled characters of each image, ``unknown`` beyond the threshold.
+
+        When the nearest distance exceeds the threshold, ``label`` is ``unknown`` and the
+        characters follow in ``topk`` (nearest first), so the closest candidates stay visible.
+
+        Raises:
+            AnivisionError: an unreadable file (unless ``skip_unreadable``), a bad array, ``top_k < 1``.
+        """
+        if top_k < 1:
+            raise AnivisionError("top_k must be at least 1")
+        dist, out = self.distances(images, batch_size, progress)
+        return self.rank(dist, _strict(out, skip_unreadable), top_k, threshold)
+
+
+def identify_paths(
+    gallery: str | Path, inputs: list[str], top_k: int = 3, threshold: float | None = None,
+    device: str | None = None, progress: bool = True,
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """``anivision identify``: rows ``path, pred_1, dist_1, ..., pred_K, dist_K`` and the skipped files.
+
+    Raises:
+        AnivisionError: not a gallery, no input matches, ``top_k < 1``, or the weights changed.
+    """
+    if top_k < 1:
+        raise AnivisionError("--top-k must be at least 1")
+    g = Gallery.load(gallery, device)
+    dist, out = g.distances(inputs, progress=progress)
+    rows = []
+    for ident in g.rank(dist, out, top_k, threshold):
+        row: dict[str, Any] = {"path": ident.source}
+        for r, (name, d) in enumerate(ident.topk, 1):
+            row[f"pred_{r}"], row[f"dist_{r}"] = name, d
+        rows.append(row)
+    return rows, out.skipped
