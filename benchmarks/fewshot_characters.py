@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Meta-training: {args.epochs} epochs x {args.episodes_per_epoch} episodes of 5-way 5-shot 10-query "
         f"({args.epochs * args.episodes_per_epoch} episodes, {args.epochs * args.episodes_per_epoch * 75} images seen), "
-        "SGD lr 0.01 momentum 0.9 wd 5e-4 (weights only, not biases or norms), x0.1 at 50% and 80% of the epochs, random-resized-crop (0.08-1) + colour jitter 0.4 "
+        "SGD lr 0.01 momentum 0.9 wd 5e-4 (every parameter, as easyfsl), x0.1 at 50% and 80% of the epochs, random-resized-crop (0.08-1) + colour jitter 0.4 "
         f"+ h-flip; best epoch {summary['best_epoch']} by {summary['val_n_way']}-way 5-shot accuracy on 300 fixed validation episodes "
         f"({100 * init:.2f}% before, {100 * summary['best_val_acc']:.2f}% at the best epoch). AniWho trained 100 epochs x 100 episodes.",
         f"Wall time on this machine (2 shared CPU cores, torch {torch.__version__}): meta-training {t_train / 60:.1f} min, "

@@ -103,5 +103,7 @@ def test_no_weight_decay_on_one_dimensional_parameters():
     assert [(len(g["params"]), g["weight_decay"], g["base_lr"], g["part"]) for g in groups] == [(1, 0.1, 0.5, "net"), (3, 0.0, 0.5, "net")]
     trainable = param_groups([("net", model, 0.5)], 0.1, trainable_only=True)
     assert [len(g["params"]) for g in trainable] == [3]  # the frozen weight matrix left out, its group dropped
+    recipe = param_groups([("net", model, 0.5)], 0.1, decay_1d=True)  # plain SGD(weight_decay=...) semantics
+    assert [g["weight_decay"] for g in recipe] == [0.1, 0.1]
     with pytest.raises(AnivisionError, match="unknown optimizer"):
         make_optimizer("lion", groups)

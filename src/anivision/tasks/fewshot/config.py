@@ -27,7 +27,7 @@ class FewShotTrainConfig(RunConfig):
     """Everything that defines a meta-training run.
 
     The optimisation follows AniWho's few-shot recipe (easy-few-shot-learning): SGD, momentum
-    0.9, weight decay 5e-4 (on weights with more than one dimension), lr 0.01 divided by 10 at
+    0.9, weight decay 5e-4 (on every parameter, as easyfsl), lr 0.01 divided by 10 at
     50% and 80% of the epochs; random resized crop, colour jitter 0.4, horizontal flip. AniWho
     ran 100 epochs of 100 episodes; the defaults here are shorter for a CPU.
     """

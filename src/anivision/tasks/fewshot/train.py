@@ -187,7 +187,7 @@ def pretrain_supervised(
         load_weights(backbone, done)
         return
     model = Classifier(backbone, len(data.split.train), dropout=0.2).to(device)
-    optimizer = make_optimizer("sgd", param_groups([("model", model, cfg.lr)], cfg.weight_decay), momentum=cfg.momentum)
+    optimizer = make_optimizer("sgd", param_groups([("model", model, cfg.lr)], cfg.weight_decay, decay_1d=True), momentum=cfg.momentum)
     state = sub.resume(model, optimizer)
     step_fn = cross_entropy_step(nn.CrossEntropyLoss())
     per_epoch = math.ceil(len(data.train_set) / cfg.pretrain_batch_size)
@@ -261,7 +261,7 @@ def train_fewshot(cfg: FewShotTrainConfig, progress: bool = True, on_step: Calla
     if cfg.pretrain == "supervised":
         pretrain_supervised(cfg, backbone, data, run, device, on_step, progress)
 
-    optimizer = make_optimizer("sgd", param_groups([("backbone", backbone, cfg.lr)], cfg.weight_decay), momentum=cfg.momentum)
+    optimizer = make_optimizer("sgd", param_groups([("backbone", backbone, cfg.lr)], cfg.weight_decay, decay_1d=True), momentum=cfg.momentum)
     state = run.resume(backbone, optimizer, BestTracker("max"), first_epoch=1)
     if not state.history:
         # Epoch 0: the starting point, so the log shows what meta-training adds.
