@@ -8,6 +8,7 @@ stored as ``.npy``, so later epochs, seeds, episodes and benchmark cells reuse t
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import os
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ from anivision.data.datasets import CachedImageDataset
 from anivision.data.inputs import ImageInput, decode_inputs
 from anivision.data.transforms import DataConfig, cache_size, eval_transform
 from anivision.engine.loop import predict
+from anivision.errors import AnivisionError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,6 +92,21 @@ class InputFeatures:
     @property
     def skipped(self) -> dict[str, str]:
         return dict(self.decoded.errors)
+
+    def checked(self, skip_unreadable: bool = False) -> "InputFeatures":
+        """Itself, after raising on the first unreadable input (unless ``skip_unreadable``: then
+        each one is logged as skipped, never dropped silently).
+
+        Raises:
+            AnivisionError: an input could not be read, naming it.
+        """
+        if self.skipped and not skip_unreadable:
+            first = next(iter(self.skipped.values()))
+            more = f" (and {len(self.skipped) - 1} more)" if len(self.skipped) > 1 else ""
+            raise AnivisionError(f"{first}{more}; pass skip_unreadable=True to use the others")
+        for reason in self.skipped.values():
+            log.warning("skipped: %s", reason)
+        return self
 
 
 def embed_inputs(

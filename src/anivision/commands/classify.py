@@ -128,10 +128,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_summary(m: dict[str, Any], out: Path) -> None:
-    parts = [f"accuracy {100 * m['accuracy']:.2f}%", f"macro F1 {m['f1_macro']:.4f}", f"NLL {m['nll']:.4f}", f"ECE {m['ece']:.4f}"]
+    parts = [f"accuracy {100 * m['accuracy']:.2f}%", f"macro F1 {100 * m['f1_macro']:.2f}%", f"NLL {m['nll']:.4f}", f"ECE {100 * m['ece']:.2f}%"]
     if "top5_accuracy" in m:
         parts.insert(1, f"top-5 {100 * m['top5_accuracy']:.2f}%")
-    print(f"test: {', '.join(parts)} on {m['n_images']} images ({m.get('n_skipped', 0)} skipped)")
+    # An evaluation on another folder names it; a run's own test split is "test".
+    where = m["data"] if m.get("data") and m.get("data") != "test split" else "test"
+    print(f"{where}: {', '.join(parts)} on {m['n_images']} images ({m.get('n_skipped', 0)} skipped)")
     print(f"report: {out / 'report.md'}")
 
 

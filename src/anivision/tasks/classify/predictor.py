@@ -87,22 +87,13 @@ class ImageClassifier:
         width = len(self.classes) if what == "logits" else int(self.model.backbone.num_features)
         return embed_inputs(module, images, self.data_config, batch_size, progress=progress, width=width)
 
-    def _strict(self, out: InputFeatures, skip_unreadable: bool) -> InputFeatures:
-        if out.skipped and not skip_unreadable:
-            first = next(iter(out.skipped.values()))
-            more = f" (and {len(out.skipped) - 1} more)" if len(out.skipped) > 1 else ""
-            raise AnivisionError(f"{first}{more}; pass skip_unreadable=True to predict the others")
-        for reason in out.skipped.values():
-            log.warning("skipped: %s", reason)
-        return out
-
     def predict_proba(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 64, skip_unreadable: bool = False, progress: bool = False) -> np.ndarray:
         """(N, C) class probabilities (float64, softmax of the logits), one row per readable input.
 
         Raises:
             AnivisionError: an unreadable file (unless ``skip_unreadable``), or a bad array.
         """
-        out = self._strict(self.outputs(images, "logits", batch_size, progress), skip_unreadable)
+        out = self.outputs(images, "logits", batch_size, progress).checked(skip_unreadable)
         return softmax_np(out.values.astype(np.float64)) if len(out.values) else np.zeros((0, len(self.classes)))
 
     def predict(self, images: ImageInput | Iterable[ImageInput], top_k: int = 5, batch_size: int = 64, skip_unreadable: bool = False, progress: bool = False) -> list[Prediction]:
@@ -116,7 +107,7 @@ class ImageClassifier:
         """
         if top_k < 1:
             raise AnivisionError("top_k must be at least 1")
-        out = self._strict(self.outputs(images, "logits", batch_size, progress), skip_unreadable)
+        out = self.outputs(images, "logits", batch_size, progress).checked(skip_unreadable)
         return self.rank(out, top_k)[0] if len(out.values) else []
 
     def rank(self, out: InputFeatures, top_k: int = 5) -> tuple[list[Prediction], np.ndarray]:
@@ -132,7 +123,7 @@ class ImageClassifier:
 
     def embed(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 64, skip_unreadable: bool = False, progress: bool = False) -> np.ndarray:
         """(N, D) float32 backbone features (before the head), one row per readable input."""
-        return self._strict(self.outputs(images, "features", batch_size, progress), skip_unreadable).values.astype(np.float32)
+        return self.outputs(images, "features", batch_size, progress).checked(skip_unreadable).values.astype(np.float32)
 
 
 def predict_paths(run_dir: str | Path, inputs: list[str], top_k: int = 5, batch_size: int = 64, progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, str]]:

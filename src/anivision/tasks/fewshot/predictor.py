@@ -53,17 +53,6 @@ class Identification:
         return self.label != UNKNOWN
 
 
-def _strict(out: InputFeatures, skip_unreadable: bool) -> InputFeatures:
-    """Raise on the first unreadable input unless told to skip (then log each)."""
-    if out.skipped and not skip_unreadable:
-        first = next(iter(out.skipped.values()))
-        more = f" (and {len(out.skipped) - 1} more)" if len(out.skipped) > 1 else ""
-        raise AnivisionError(f"{first}{more}; pass skip_unreadable=True to use the others")
-    for reason in out.skipped.values():
-        log.warning("skipped: %s", reason)
-    return out
-
-
 class FewShotModel:
     """An embedding backbone for few-shot work: a meta-trained run, or any timm backbone.
 
@@ -89,7 +78,7 @@ class FewShotModel:
 
     def embed(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 64, skip_unreadable: bool = False, progress: bool = False) -> np.ndarray:
         """(N, D) float32 embeddings, one row per readable input."""
-        return _strict(embed_inputs(self.model, images, self.data_config, batch_size, progress=progress), skip_unreadable).values.astype(np.float32)
+        return embed_inputs(self.model, images, self.data_config, batch_size, progress=progress).checked(skip_unreadable).values.astype(np.float32)
 
     def enroll(
         self, characters: str | Path, out: str | Path | None = None, k_shot: int | None = None, seed: int = 0,
@@ -184,7 +173,7 @@ class Gallery:
         if top_k < 1:
             raise AnivisionError("top_k must be at least 1")
         dist, out = self.distances(images, batch_size, progress)
-        return self.rank(dist, _strict(out, skip_unreadable), top_k, threshold)
+        return self.rank(dist, out.checked(skip_unreadable), top_k, threshold)
 
 
 def identify_paths(

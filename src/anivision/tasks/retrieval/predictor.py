@@ -71,10 +71,7 @@ class StyleRetriever:
 
     def embed(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 64, skip_unreadable: bool = False, progress: bool = False) -> np.ndarray:
         """(N, D) float32 retrieval features (BNNeck output), one row per readable input."""
-        out = self.features(images, batch_size, progress)
-        if out.skipped and not skip_unreadable:
-            raise AnivisionError(f"{next(iter(out.skipped.values()))}; pass skip_unreadable=True to use the others")
-        return out.values.astype(np.float32)
+        return self.features(images, batch_size, progress).checked(skip_unreadable).values.astype(np.float32)
 
     def index(self, gallery: str | Path | ReidImages, progress: bool = False) -> GalleryIndex:
         """The gallery embedded once (saved in ``RUN/search_index/`` and reused while current)."""
@@ -98,11 +95,7 @@ class StyleRetriever:
         if top_k < 1:
             raise AnivisionError("top_k must be at least 1")
         index = gallery if isinstance(gallery, GalleryIndex) else self.index(gallery, progress)
-        out = self.features(images, progress=progress)
-        if out.skipped and not skip_unreadable:
-            raise AnivisionError(f"{next(iter(out.skipped.values()))}; pass skip_unreadable=True to search with the others")
-        for reason in out.skipped.values():
-            log.warning("skipped unreadable query: %s", reason)
+        out = self.features(images, progress=progress).checked(skip_unreadable)
         hits = search(index, out.values, top_k, self.config.metric) if len(out.values) else []
         results = []
         for i, top in zip(out.rows, hits):
