@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +136,10 @@ def test_fewshot_gallery_and_retrieval_through_the_api(tmp_path):
         assert [d for _, d in ident.topk] == pytest.approx([float(row["dist_1"]), float(row["dist_2"])], rel=1e-5)
     # A plain backbone enrols too, into a temporary folder when no out is given.
     tmp_gallery = av.enroll(TINY_CNN, chars, weights="none", k_shot=3)
-    assert tmp_gallery.path.is_dir() and len(tmp_gallery.identify(queries[0])) == 1
+    try:
+        assert tmp_gallery.path.is_dir() and len(tmp_gallery.identify(queries[0])) == 1
+    finally:
+        shutil.rmtree(tmp_gallery.path)
 
     style = tmp_path / "style"
     generate("style", style, n_per_class=3, size=32, seed=0, n_works=3, roles_per_work=2, progress=False)
