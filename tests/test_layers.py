@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "anivision"
 
 #: Bottom to top. The first dotted part below ``anivision`` picks the layer.
 LAYERS: list[set[str]] = [
-    {"errors", "files", "config", "version"},
+    {"errors", "files", "config", "version", "progress"},
     {"data"},
     {"models", "metrics"},
     {"reports", "strategies"},

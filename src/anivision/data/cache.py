@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from anivision.data.images import load_image
 from anivision.errors import AnivisionError
+from anivision.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def decode_images(
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(lambda p: decode_file(p, size), paths, chunksize=1)
-        for i, (img, err) in enumerate(tqdm(results, total=n, desc=f"decode {size}px", disable=None if progress else True, leave=False)):
+        for i, (img, err) in enumerate(progress_bar(results, progress, total=n, desc=f"decode {size}px", leave=False)):
             if img is None:
                 errors[paths[i]] = err or "unreadable"
             else:

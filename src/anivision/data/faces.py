@@ -21,11 +21,11 @@ from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from anivision.data.images import is_image_file, load_image
 from anivision.files import atomic_write_text
 from anivision.errors import AnivisionError
+from anivision.progress import progress_bar
 
 #: File name of the cascade shipped inside :mod:`anivision.data`.
 CASCADE_FILE = "lbpcascade_animeface.xml"
@@ -283,7 +283,7 @@ def crop_faces(
     no_face: list[str] = []
     unreadable: dict[str, str] = {}
     n_with_face = 0
-    for f in tqdm(files, desc="faces", unit="img", disable=not progress):
+    for f in progress_bar(files, progress, desc="faces", unit="img"):
         rel = f.relative_to(root)
         rel_s = rel.as_posix()
         try:

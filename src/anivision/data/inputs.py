@@ -15,12 +15,12 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from anivision.data.cache import DecodedImages, decode_file, resize_square
 from anivision.data.folder import expand_inputs
 from anivision.data.images import to_rgb
 from anivision.errors import AnivisionError
+from anivision.progress import progress_bar
 
 #: One image: a file path (or folder or glob pattern, which may stand for many), a PIL image of
 #: any mode, or a uint8 numpy array (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA.
@@ -98,7 +98,7 @@ def decode_inputs(images: ImageInput | Iterable[ImageInput], size: int, progress
     errors: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = pool.map(lambda it: _decode_item(it, size), items)
-        for i, (arr, err) in enumerate(tqdm(results, total=len(items), desc="decode", disable=None if progress else True, leave=False)):
+        for i, (arr, err) in enumerate(progress_bar(results, progress, total=len(items), desc="decode", leave=False)):
             if arr is None:
                 errors[names[i]] = err or "unreadable"
             else:

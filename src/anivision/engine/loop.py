@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from anivision.errors import AnivisionError
+from anivision.progress import progress_bar
 
 #: ``step(model, batch) -> (loss, logs)``: the scalar loss to minimise and per-batch means to log.
 StepFn = Callable[[nn.Module, Sequence[torch.Tensor]], "tuple[torch.Tensor, dict[str, float]]"]
@@ -132,7 +132,7 @@ def train_one_epoch(
     seen = 0
     step = start_step
     t0 = time.perf_counter()
-    bar = tqdm(loader, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True)
+    bar = progress_bar(loader, progress, desc=desc, leave=False, dynamic_ncols=True)
     for batch in bar:
         if on_step is not None:
             on_step(step)
@@ -195,7 +195,7 @@ def predict(
     model.eval()
     outs, ys = [], []
     t0 = time.perf_counter()
-    for batch in tqdm(loader, desc=desc, disable=None if progress else True, leave=False):
+    for batch in progress_bar(loader, progress, desc=desc, leave=False):
         x = to_device(batch[:1], device, channels_last)[0]
         outs.append(model(x).float().cpu())
         if len(batch) > 1 and batch[1] is not None:

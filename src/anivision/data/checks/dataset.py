@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-from tqdm import tqdm
 
 from anivision.data.checks.collect import _collect, _inspect, _Inspection
 from anivision.data.hashing import (
@@ -24,6 +23,7 @@ from anivision.data.hashing import (
 )
 from anivision.data.splits import PARTS
 from anivision.errors import AnivisionError
+from anivision.progress import progress_bar
 
 #: Images with a shorter side below this many pixels are listed as tiny.
 DEFAULT_MIN_SIZE: int = 32
@@ -49,7 +49,7 @@ class _UnionFind:
 
 def _map_progress(fn: Any, paths: list[str], workers: int, progress: bool, desc: str) -> Iterable[Any]:
     """``map(fn, paths)`` with a progress bar, in ``workers`` processes when above 1."""
-    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False)
+    bar = progress_bar(None, progress, total=len(paths), desc=desc, unit="img", leave=False)
     try:
         if workers > 1 and len(paths) > 256:
             import multiprocessing as mp
@@ -123,7 +123,7 @@ def check_dataset(
     sha1s: list[str | None] = []
     read_errors: dict[str, str] = {}
     seen: dict[str, str | None] = {}
-    for it in tqdm(items, desc="sha1", unit="img", disable=not progress, leave=False):
+    for it in progress_bar(items, progress, desc="sha1", unit="img", leave=False):
         if it.key not in seen:
             try:
                 seen[it.key] = file_sha1(it.path)

@@ -16,13 +16,13 @@ from typing import Iterator
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from anivision.data.synth.expressions import sample_expression
 from anivision.data.synth.factors import EMOTIONS, GENERATOR_VERSION, TASKS, FaceParams
 from anivision.data.synth.render import render_face
 from anivision.data.synth.sampling import _vary_identity, _vary_style, sample_identity, sample_nuisance, sample_style
 from anivision.errors import AnivisionError
+from anivision.progress import progress_bar
 
 MIN_SIZE = 16
 MAX_SIZE = 1024
@@ -199,7 +199,7 @@ def generate(
 
     jobs = list(_jobs(task, n_per_class, n_classes, n_works, roles_per_work))
     counts: dict[str, int] = {}
-    for job in tqdm(jobs, desc=f"synth {task}", unit="img", disable=not progress):
+    for job in progress_bar(jobs, progress, desc=f"synth {task}", unit="img"):
         folder = out / job.rel_dir
         if job.rel_dir not in counts:
             folder.mkdir(parents=True, exist_ok=True)
