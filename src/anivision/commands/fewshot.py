@@ -16,14 +16,17 @@ from anivision.commands import add_shared, deprecated, print_help_when_bare
 from anivision.errors import AnivisionError
 from anivision.files import atomic_write_csv
 from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
+from anivision.reports.fewshot import class_list, class_set_words
 from anivision.tasks.fewshot import (
     GRID_SHOTS,
     GRID_WAYS,
     BackboneSpec,
     FewShotTrainConfig,
     backbone_spec,
+    default_class_set,
     enroll_gallery,
     evaluate_fewshot,
+    evaluation_name,
     identify_paths,
     run_data,
     train_fewshot,
@@ -95,13 +98,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, default=1000, help="episodes to average over")
     add_shared(p, "--seed", "of the episodes", default=0)
     p.add_argument("--class-set", choices=CLASS_SETS,
-                   help="which classes to draw episodes from; unseen = val + test (default: test with RUN, all without)")
+                   help="which classes to draw episodes from; unseen = val + test (default: test with RUN on its own dataset; "
+                   "all on another --data or without RUN)")
     p.add_argument("--class-split", metavar="CLASSES",
                    help="without RUN: classes.json (or a run folder) that defines the class split (default: none)")
     p.add_argument("--grid", action="store_true", help="{5,20}-way x {1,5}-shot (AniWho Table 8); writes fewshot.md too")
     p.add_argument("--skip-small-classes", action="store_true", help="leave out classes with fewer than K + Q images (else an error)")
-    add_shared(p, "--out", "the folder of fewshot.json", default_text="RUN/fewshot-<class set>, else ./fewshot-<backbone>-<class set>",
+    add_shared(p, "--out", "the folder of fewshot.json",
+               default_text="RUN/fewshot-<data>-<class set>-<N>way-<K>shot (-grid with --grid), else ./fewshot-<backbone>-<data>-<class set>-...",
                metavar="DIR")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite a fewshot.json in the output folder that a different evaluation wrote "
+                   "(default: refuse; the same evaluation again always overwrites)")
     deprecated(p, "--run", "RUN, the first argument", position=0)
     deprecated(p, "--split", "--class-set")
     p.set_defaults(func=cmd_evaluate)
@@ -176,24 +184,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data = run_data(spec.run, args.data) if spec.run else args.data
     if not Path(data).exists():
         raise AnivisionError(f"{data}: no such dataset folder")
-    for name in ("n_way", "k_shot", "n_query", "episodes"):
-        if getattr(args, name) < 1:
-            raise AnivisionError(f"--{name.replace('_', '-')} must be at least 1")
+    # --grid chooses N-way and K-shot itself: only the options it uses are checked.
+    for name, low in (("n_query", 1), ("episodes", 1)) + (() if args.grid else (("n_way", 2), ("k_shot", 1))):
+        if getattr(args, name) < low:
+            raise AnivisionError(f"--{name.replace('_', '-')} must be at least {low}")
     cells = [(n, k) for n in GRID_WAYS for k in GRID_SHOTS] if args.grid else [(args.n_way, args.k_shot)]
-    class_set = args.class_set or ("test" if spec.run else "all")
-    if class_set != "all" and not spec.run and not args.class_split:
-        raise AnivisionError(f"--class-set {class_set} needs RUN or --class-split classes.json (which classes are {class_set} classes)")
-    out = args.out or (Path(spec.run) / f"fewshot-{class_set}" if spec.run else Path(f"fewshot-{spec.backbone}-{class_set}"))
+    if args.class_set and args.class_set != "all" and not spec.run and not args.class_split:
+        raise AnivisionError(f"--class-set {args.class_set} needs RUN or --class-split classes.json (which classes are {args.class_set} classes)")
+    class_set = args.class_set or default_class_set(spec, data)
+    # Named after what is evaluated, so that another evaluation gets another folder.
+    out = args.out or (Path(spec.run) / evaluation_name(data, class_set, cells) if spec.run
+                       else Path(evaluation_name(data, class_set, cells, spec.backbone)))
     r = evaluate_fewshot(
         data, spec, cells, n_query=args.n_query, episodes=args.episodes, seed=args.seed, split=class_set,
         class_split=args.class_split, distance=args.distance, skip_small_classes=args.skip_small_classes,
-        out=out, cache_dir=args.cache_dir, device=args.device, progress=not args.quiet,
+        out=out, cache_dir=args.cache_dir, device=args.device, progress=not args.quiet, force=args.force,
     )
     cells_out = r["grid"] if args.grid else [r]
     for c in cells_out:
         line = f"{c['n_way']}-way {c['k_shot']}-shot ({c['n_query']} queries, {c['episodes']} episodes): {_percent(c.get('accuracy'), c.get('ci95'))}"
-        print(line + (f"  ({c['note']})" if c.get("note") else ""))
-    print(f"{r['n_classes']} {r['split']} classes, {r['n_images']} images ({r['n_skipped']} skipped), {r['distance']} distance -> {r['out']}")
+        print(line + (f" — {c['note']}" if c.get("note") else ""))
+    why = " (not the run's dataset: every class)" if spec.run and not args.class_set and class_set == "all" else ""
+    left_out = r.get("excluded_classes") if not args.grid else None
+    print(f"{class_set_words(r['split'], r['n_classes'])} of {data}{why}: {class_list(r['classes'])}"
+          + (f"; left out, too few images: {class_list(list(left_out))}" if left_out else ""))
+    print(f"{r['n_images']} images ({r['n_skipped']} unreadable, skipped), {r['distance']} distance -> {r['out']}")
     return 0
 
 

@@ -24,7 +24,18 @@ from anivision.models.protonet import DISTANCES, PrototypicalNetwork, episode_di
 from anivision.reports.fewshot import format_cell, grid_markdown
 from anivision.tasks.fewshot.config import FewShotTrainConfig
 from anivision.tasks.fewshot.episodes import episode_accuracy, evaluate_episodes
-from anivision.tasks.fewshot.evaluate import GRID_SHOTS, GRID_WAYS, BackboneSpec, backbone_spec, build_backbone, evaluate_fewshot, run_data
+from anivision.tasks.fewshot.evaluate import (
+    GRID_SHOTS,
+    GRID_WAYS,
+    BackboneSpec,
+    backbone_spec,
+    build_backbone,
+    default_class_set,
+    evaluate_fewshot,
+    evaluation_name,
+    is_run_dataset,
+    run_data,
+)
 from anivision.tasks.fewshot.gallery import enroll_gallery, gallery_weights, load_gallery, loo_own_and_other
 from anivision.tasks.fewshot.predictor import FewShotModel, Gallery, Identification, identify_paths
 from anivision.tasks.fewshot.splits import DEFAULT_CLASS_RATIOS, ClassSplit, class_disjoint_split, parse_class_counts, select_classes
@@ -33,8 +44,8 @@ from anivision.tasks.fewshot.train import episode_step, train_fewshot
 __all__ = [
     "DEFAULT_CLASS_RATIOS", "DISTANCES", "GRID_SHOTS", "GRID_WAYS",
     "BackboneSpec", "ClassSplit", "FewShotModel", "FewShotTrainConfig", "Gallery", "Identification", "PrototypicalNetwork",
-    "backbone_spec", "build_backbone", "class_disjoint_split", "enroll_gallery", "episode_accuracy", "episode_distances",
-    "episode_step", "evaluate_episodes", "evaluate_fewshot", "format_cell", "gallery_weights", "grid_markdown", "identify_paths",
-    "load_gallery", "loo_own_and_other", "parse_class_counts", "protonet_logits", "prototypes", "run_data", "select_classes",
+    "backbone_spec", "build_backbone", "class_disjoint_split", "default_class_set", "enroll_gallery", "episode_accuracy", "episode_distances",
+    "episode_step", "evaluate_episodes", "evaluate_fewshot", "evaluation_name", "format_cell", "gallery_weights", "grid_markdown", "identify_paths",
+    "is_run_dataset", "load_gallery", "loo_own_and_other", "parse_class_counts", "protonet_logits", "prototypes", "run_data", "select_classes",
     "train_fewshot",
 ]
