@@ -67,7 +67,9 @@ def test_bench_writes_every_file_with_one_row_per_cell(bench):
         assert json.loads((run / "config.json").read_text())["split"] == str(out / "split.csv")
         assert np.array_equal(np.load(run / "test_labels.npy"), np.load(out / "runs" / cell_name(TINY_CNN, "full", 1) / "test_labels.npy"))
     table = (out / "table.md").read_text()
-    assert "| backbone | linear_probe | full |" in table and "n=2" in table and "95% confidence" in table
+    assert "| backbone | strategy | accuracy (%) | ± std (pp) |" in table and "95% confidence" in table
+    assert f"| {TINY_VIT} | full |" in table and "| no_such_net | full | — |" in table  # one row per cell
+    assert "One seed per cell" not in table  # two seeds finished in every cell that ran
     assert f"{TINY_VIT} / full" in (out / "paired.md").read_text()
     assert "class0" in (out / "per_class_f1.md").read_text()
     summary = json.loads((out / "bench.json").read_text())

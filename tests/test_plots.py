@@ -62,6 +62,51 @@ def test_heatmap_with_nan(tmp_path):
     _check_png(all_nan, plots.plot_heatmap(np.full((1, 1), np.nan), ["a"], ["b"], all_nan, "t"))
 
 
+def _spy_figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Figures as ``plots._save`` receives them (before they are closed)."""
+    figures = []
+    original = plots._save
+
+    def spy(fig, path):
+        figures.append(fig)
+        return original(fig, path)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    return figures
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 4)])
+def test_small_heatmap_keeps_labels_and_values(tmp_path, monkeypatch, shape):
+    """A 1 x 1 gain matrix is a small labelled tile with its value, not one big unlabelled block."""
+    figures = _spy_figures(monkeypatch)
+    n_rows, n_cols = shape
+    rows, cols = [f"net{i}" for i in range(n_rows)], [f"strategy{j}" for j in range(n_cols)]
+    values = np.arange(n_rows * n_cols, dtype=float).reshape(shape) - 1.5
+    path = tmp_path / f"heat_{n_rows}x{n_cols}.png"
+    _check_png(path, plots.plot_heatmap(values, rows, cols, path, "accuracy gain over linear probe (pp, one seed)",
+                                        fmt="{:+.2f}", xlabel="strategy", ylabel="backbone"))
+    ax = figures[0].axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == rows
+    assert [t.get_text() for t in ax.get_xticklabels()] == cols
+    assert ax.get_xlabel() == "strategy" and ax.get_ylabel() == "backbone"
+    assert {t.get_text() for t in ax.texts} == {f"{v:+.2f}" for v in values.ravel()}
+    width, height = figures[0].get_size_inches()
+    assert width <= 1.4 * n_cols + 2.5 and height <= 0.7 * n_rows + 2.0  # sized by the cells, not a fixed block
+
+
+def test_bars_without_intervals_draw_no_error_bars(tmp_path, monkeypatch):
+    figures = _spy_figures(monkeypatch)
+    path = tmp_path / "bars_one_seed.png"
+    _check_png(path, plots.plot_bars_with_errors(["a / full", "a / linear_probe"], [83.33, 50.0], [np.nan, np.nan],
+                                                 path, "test accuracy (%)", "test accuracy per cell (one seed, no interval)"))
+    ax = figures[0].axes[0]
+    assert not ax.containers[1:] and not ax.lines and not ax.collections  # bars only: no caps, no zero-length bars
+    path = tmp_path / "bars_mixed.png"
+    plots.plot_bars_with_errors(["a", "b"], [83.33, 50.0], [np.nan, 2.0], path, "test accuracy (%)", "t")
+    (errorbar,) = figures[1].axes[0].containers[1:]
+    assert len(errorbar.lines[2][0].get_segments()) == 1  # one error bar, for the bar that has one
+
+
 def test_bars_with_errors(tmp_path):
     path = tmp_path / "bars.png"
     returned = plots.plot_bars_with_errors(

@@ -157,7 +157,7 @@ def test_bench_report_speaks_percent(tmp_path):
         _no_bare_fraction((out / name).read_text())
     table = (out / "table.md").read_text()
     assert "Test accuracy (%)" in table and "macro F1 (%)" in table
-    assert "**87.52 ± 0.01** (81.25, 0.512, 3, 0.50) n=2" in table  # accuracy and macro F1 in percent, loss as is
+    assert "| net | full | **87.52** | 0.01 | 81.25 | 0.512 | 3 | 0.50 | 2 |" in table  # accuracy and macro F1 in percent, loss as is
     f1 = (out / "per_class_f1.md").read_text()
     assert "Test F1 (%) per class" in f1
     assert "| cat | 75.00 | 81.25 | +6.25 |" in f1 and "| dog | 68.75 | 75.00 | +6.25 |" in f1

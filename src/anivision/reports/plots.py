@@ -10,6 +10,7 @@ and in worker processes.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -207,21 +208,26 @@ def plot_heatmap(
     title: str,
     fmt: str = "{:+.1f}",
     center: float = 0.0,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
 ) -> Path:
     """Annotated heatmap on a diverging colour map centred on ``center``.
 
     Meant for tables of differences (e.g. accuracy gain of each strategy over a baseline, per
     backbone): values above ``center`` are blue, below red, with the same colour intensity for
-    the same distance on either side.
+    the same distance on either side. The figure grows with the cell count (about 1.4 x 0.7
+    inches a cell), so a 1 x 1 matrix is a small labelled tile rather than one big block.
 
     Args:
-        matrix: (R, K) values; NaN cells (missing runs) are drawn blank and not annotated.
+        matrix: (R, K) values; NaN cells (missing runs) are drawn blank and marked "—".
         row_labels: R row names.
         col_labels: K column names.
         path: output PNG file.
-        title: figure title.
+        title: figure title (wrapped to the figure's width).
         fmt: ``str.format`` pattern for the cell annotations.
         center: the value drawn white.
+        xlabel: name of what the columns are (e.g. "strategy"), or None.
+        ylabel: name of what the rows are (e.g. "backbone"), or None.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -239,25 +245,35 @@ def plot_heatmap(
     norm = TwoSlopeNorm(vcenter=center, vmin=center - span, vmax=center + span)
     cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="white")
 
-    fig, ax = plt.subplots(
-        figsize=(float(np.clip(1.0 * n_cols + 3.0, 5.0, 24.0)),
-                 float(np.clip(0.5 * n_rows + 2.0, 3.0, 20.0)))
-    )
+    width = float(np.clip(1.4 * n_cols + 1.6, 3.6, 24.0))
+    height = float(np.clip(0.7 * n_rows + 1.2, 2.4, 20.0))
+    fig, ax = plt.subplots(figsize=(width, height))
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="auto")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.colorbar(im, ax=ax, fraction=0.046 if n_cols > 2 else 0.1, pad=0.04)
     ax.set_xticks(np.arange(n_cols))
     ax.set_yticks(np.arange(n_rows))
-    ax.set_xticklabels(col_labels, rotation=30, ha="right", rotation_mode="anchor",
-                       fontsize=_tick_fontsize(n_cols))
+    ax.set_xticklabels(col_labels, rotation=30 if n_cols > 3 else 0, ha="right" if n_cols > 3 else "center",
+                       rotation_mode="anchor", fontsize=_tick_fontsize(n_cols))
     ax.set_yticklabels(row_labels, fontsize=_tick_fontsize(n_rows))
-    ax.set_title(title)
+    # Thin white lines between cells, so neighbouring cells of similar colour stay apart.
+    ax.set_xticks(np.arange(n_cols + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(n_rows + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.5)
+    ax.tick_params(which="minor", length=0)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.set_title(textwrap.fill(title, width=max(30, int(9 * width))), fontsize=10)
+    cell_fs = 11 if n_rows * n_cols <= 4 else 9
     for i in range(n_rows):
         for j in range(n_cols):
             v = values[i, j]
             if not np.isfinite(v):
+                ax.text(j, i, "—", ha="center", va="center", fontsize=cell_fs, color="gray")
                 continue
             strong = abs(v - center) > 0.6 * span
-            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=9,
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=cell_fs,
                     color="white" if strong else "black")
     return _save(fig, path)
 
@@ -276,7 +292,8 @@ def plot_bars_with_errors(
     Args:
         labels: names of the bars.
         means: (n,) bar heights.
-        errors: (n,) half widths of the error bars; NaN (a single run) draws no bar.
+        errors: (n,) half widths of the error bars; NaN (a single run) draws no error bar at
+            all, not a zero-length one. The caller's ``title`` should say so when no bar has one.
         path: output PNG file.
         ylabel: y-axis label, with its unit.
         title: figure title.
@@ -286,17 +303,20 @@ def plot_bars_with_errors(
         ``path`` as a :class:`~pathlib.Path`.
     """
     means = np.asarray(means, dtype=np.float64)
-    errors = np.nan_to_num(np.asarray(errors, dtype=np.float64), nan=0.0)
+    errors = np.asarray(errors, dtype=np.float64)
     n = len(labels)
     if means.shape != (n,) or errors.shape != (n,):
         raise ValueError(f"{n} labels, {means.size} means and {errors.size} errors must match")
+    has_error = np.isfinite(errors) & np.isfinite(means)
     fig, ax = plt.subplots(figsize=(float(np.clip(0.7 * n + 2.5, 5.0, 24.0)), 4.5))
     x = np.arange(n)
-    ax.bar(x, means, yerr=errors, capsize=4, color="#4c72b0", edgecolor="black", linewidth=0.6,
-           error_kw={"elinewidth": 1.0})
-    for xi, m, e in zip(x, means, errors):
+    ax.bar(x, means, color="#4c72b0", edgecolor="black", linewidth=0.6)
+    if has_error.any():
+        ax.errorbar(x[has_error], means[has_error], yerr=errors[has_error], fmt="none", ecolor="black",
+                    elinewidth=1.0, capsize=4)
+    for xi, m, e, ok in zip(x, means, errors, has_error):
         if np.isfinite(m):
-            ax.text(xi, m + e, fmt.format(m), ha="center", va="bottom", fontsize=8)
+            ax.text(xi, m + (e if ok else 0.0), fmt.format(m), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x)
     long_labels = any(len(str(label)) > 8 for label in labels) or n > 8
     ax.set_xticklabels(labels, rotation=30 if long_labels else 0,

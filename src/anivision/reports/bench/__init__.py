@@ -8,6 +8,10 @@ Conventions:
 
 - Accuracy is shown in percent; "± std" is the sample standard deviation over seeds
   (``ddof=1``) and the CI table is the Student-t 95% interval of :func:`~anivision.metrics.stats.mean_ci`.
+- Every markdown table holds one number per cell, with the unit in its header (``%`` for
+  accuracy and F1, ``pp`` for differences and spreads). A cell with one finished seed shows its
+  value, "—" for the spread and interval, and a sentence under the table says so; ``bars.png``
+  names a 95% interval only when every bar has two seeds or more.
 - Paired comparisons pool seeds by **seed means**: for each test image, the fraction of the
   common seeds on which a cell is right; the paired bootstrap resamples test images (the shared,
   fixed set) of the difference of those fractions. Seed-matched differences (seed s of A vs
@@ -39,7 +43,9 @@ from anivision.reports.bench.tables import (
     _table1,
     accuracy_gain_matrix,
     grid_axes,
+    one_seed_note,
     summarize_cells,
+    table1_legend,
     write_failures,
     write_per_class_f1,
     write_results_csv,
@@ -78,6 +84,26 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _seeds_phrase(cells: Sequence[CellSummary], prefix: str = "mean over ") -> str:
+    """``"one seed"``, ``"mean over 3 seeds"`` or ``"mean over 2–3 seeds"`` for the finished cells."""
+    ns = sorted({c.n for c in cells if c.n > 0})
+    if not ns:
+        return "no finished seed"
+    if ns == [1]:
+        return "one seed"
+    return f"{prefix}{ns[0]} seeds" if len(ns) == 1 else f"{prefix}{ns[0]}–{ns[-1]} seeds"
+
+
+def _bars_title(cells: Sequence[CellSummary]) -> str:
+    """Title of ``bars.png``: the interval is named only where every bar has one."""
+    ns = [c.n for c in cells]
+    if min(ns) >= 2:
+        return f"test accuracy per cell (mean ± 95% CI over {_seeds_phrase(cells, prefix='')})"
+    if max(ns) == 1:
+        return "test accuracy per cell (one seed, no interval)"
+    return "test accuracy per cell (mean ± 95% CI over seeds; cells with one seed: no interval)"
+
+
 def write_bench_report(out: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write every benchmark artefact into ``out`` and return the path of ``bench.md``.
 
@@ -99,19 +125,20 @@ def write_bench_report(out: str | Path, rows: Sequence[Mapping[str, Any]]) -> Pa
     write_table(out, rows, summaries)
     write_per_class_f1(out, rows, summaries)
     comparisons = paired_comparisons(rows, summaries)
-    write_paired(out, comparisons)
+    write_paired(out, comparisons, seeds)
 
     files = ["results.csv", "failures.json", "table.md", "per_class_f1.md", "paired.md"]
     gain, gain_rows, gain_cols = accuracy_gain_matrix(rows)
+    done = [c for c in summaries if c.n > 0]
     if gain.size and np.isfinite(gain).any():
         plot_heatmap(gain, gain_rows, gain_cols, out / "heatmap.png",
-                     title="accuracy gain over linear probe (points, mean over seeds)", fmt="{:+.2f}")
+                     title=f"accuracy gain over linear probe (pp, {_seeds_phrase(done)})", fmt="{:+.2f}",
+                     xlabel="strategy", ylabel="backbone")
         files.append("heatmap.png")
-    done = [c for c in summaries if c.n > 0]
     if done:
         plot_bars_with_errors([f"{c.backbone} / {c.strategy}" for c in done], [c.acc_mean for c in done],
                               [c.acc_ci for c in done], out / "bars.png", ylabel="test accuracy (%)",
-                              title="test accuracy per cell (mean ± 95% CI over seeds)", fmt="{:.2f}")
+                              title=_bars_title(done), fmt="{:.2f}")
         files.append("bars.png")
 
     n_failed = sum(r.get("status") != "ok" for r in rows)
@@ -142,9 +169,11 @@ def write_bench_report(out: str | Path, rows: Sequence[Mapping[str, Any]]) -> Pa
         lines.append(f"Every cell uses the split `{summary['bench_args']['split']}` (same test images).")
     if ranked:
         b = ranked[0]
-        lines.append(f"Best cell: **{b.backbone} / {b.strategy}**, {b.acc_mean:.2f}% test accuracy (n={b.n}).")
-    lines += ["", "## Table", "", _table1(summaries, backbones, strategies), "",
-              "Cells: accuracy (%) mean ± std over seeds (macro F1 (%), test loss, epochs, s/epoch), n seeds.", "",
+        lines.append(f"Best cell: **{b.backbone} / {b.strategy}**, {b.acc_mean:.2f}% test accuracy "
+                     f"({_seeds_phrase([b])}).")
+    note = one_seed_note(summaries, seeds)
+    lines += ["", "## Table", "", table1_legend(seeds), "", _table1(summaries, backbones, strategies), "",
+              *([note, ""] if note else []),
               "## Files", "",
               "- [results.csv](results.csv): one row per backbone / strategy / seed with every scalar metric",
               "- [table.md](table.md): the table above, 95% confidence intervals, cost",

@@ -15,7 +15,7 @@ import numpy as np
 
 from anivision.files import atomic_write_text
 from anivision.metrics.stats import paired_bootstrap, paired_bootstrap_diff
-from anivision.reports.bench.tables import BASELINE, CellSummary, _best_strategy, _ok, grid_axes
+from anivision.reports.bench.tables import BASELINE, CellSummary, _best_strategy, _ok, _pct, grid_axes, md_table, seeds_hint
 
 N_BOOT = 2000
 
@@ -82,13 +82,38 @@ def paired_comparison(rows: Sequence[Mapping[str, Any]], a: tuple[str, str], b: 
     return res
 
 
-def _paired_line(c: Mapping[str, Any]) -> str:
-    name_a, name_b = " / ".join(c["a"]), " / ".join(c["b"])
-    if "error" in c:
-        return f"| {name_a} | {name_b} | – | – | – | – | – | – | {c['error']} |"
-    per_seed = ", ".join(f"s{p['seed']} {100 * p['diff']:+.2f}" for p in c["per_seed"])
-    return (f"| {name_a} | {name_b} | {len(c['seeds'])} | {100 * c['acc_a']:.2f} | {100 * c['acc_b']:.2f} | "
-            f"**{100 * c['diff']:+.2f}** | [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}] | {c['p_value']:.3f} | {per_seed} |")
+def _name(cell: Sequence[str]) -> str:
+    return " / ".join(cell)
+
+
+def _paired_row(c: Mapping[str, Any]) -> list[str]:
+    """A pooled comparison: seeds, both accuracies (%), the difference and its interval (pp), p."""
+    return [_name(c["a"]), _name(c["b"]), str(len(c["seeds"])), _pct(c["acc_a"]), _pct(c["acc_b"]),
+            f"**{_pct(c['diff'], '+.2f')}**", _pct(c["ci_low"], "+.2f"), _pct(c["ci_high"], "+.2f"), f"{c['p_value']:.3f}"]
+
+
+def _seed_rows(c: Mapping[str, Any]) -> list[list[str]]:
+    """One row per seed-matched comparison (seed s of A against seed s of B)."""
+    return [[_name(c["a"]), _name(c["b"]), str(p["seed"]), _pct(p["diff"], "+.2f"), _pct(p["ci_low"], "+.2f"),
+             _pct(p["ci_high"], "+.2f"), f"{p['p_value']:.3f}"] for p in c["per_seed"]]
+
+
+POOLED_HEADER = ["A", "B", "seeds", "accuracy A (%)", "accuracy B (%)", "Δ (pp)", "95% CI low (pp)", "95% CI high (pp)", "p"]
+SEED_HEADER = ["A", "B", "seed", "Δ (pp)", "95% CI low (pp)", "95% CI high (pp)", "p"]
+
+
+def _section(comparisons: Sequence[Mapping[str, Any]], empty: str) -> list[str]:
+    """The pooled table, the seed-matched table (when a comparison has two or more seeds) and the
+    comparisons that could not be made, as lines."""
+    ok = [c for c in comparisons if "error" not in c]
+    lines: list[str] = []
+    if ok:
+        lines += [md_table(POOLED_HEADER, [_paired_row(c) for c in ok])]
+        if any(len(c["seeds"]) >= 2 for c in ok):
+            lines += ["", "Seed-matched differences:", "", md_table(SEED_HEADER, [r for c in ok for r in _seed_rows(c)])]
+    failed = [f"- {_name(c['a'])} vs {_name(c['b'])}: not compared, {c['error']}" for c in comparisons if "error" in c]
+    lines += ([""] if lines and failed else []) + failed
+    return lines or [empty]
 
 
 def paired_comparisons(rows: Sequence[Mapping[str, Any]], summaries: Sequence[CellSummary]) -> dict[str, list[dict[str, Any]]]:
@@ -106,26 +131,35 @@ def paired_comparisons(rows: Sequence[Mapping[str, Any]], summaries: Sequence[Ce
     return {"best_vs_linear_probe": per_backbone, "best_vs_runner_up": overall}
 
 
-def write_paired(out: Path, comparisons: Mapping[str, Sequence[Mapping[str, Any]]]) -> Path:
-    """``paired.md``: paired bootstrap comparisons on the shared test set."""
-    header = ["| A | B | seeds | acc A % | acc B % | Δ (points) | 95% CI | p | seed-matched Δ |",
-              "|---|---|---|---|---|---|---|---|---|"]
+def write_paired(out: Path, comparisons: Mapping[str, Sequence[Mapping[str, Any]]], seeds: Sequence[int] | None = None) -> Path:
+    """``paired.md``: paired bootstrap comparisons on the shared test set, one number per cell.
+
+    Args:
+        out: the benchmark folder.
+        comparisons: :func:`paired_comparisons`' result.
+        seeds: the grid's seeds, for the hint under one-seed comparisons (default: the seeds compared).
+    """
     lines = [
         "# Paired comparisons on the shared test set", "",
         "Every cell is scored on the same test images, so differences are tested pairwise. "
         "**Pooling over seeds:** only seeds on which both cells finished are used; for each test image the "
-        "fraction of those seeds on which a cell is right is its score, and the 95% interval is the "
-        f"percentile interval of a paired bootstrap over test images ({N_BOOT} resamples, "
-        "`paired_bootstrap_diff`, two-sided p for no difference). This interval reflects test-set sampling; "
-        "the seed-matched column (seed s of A against seed s of B, each its own `paired_bootstrap`) shows "
-        "how much the difference moves with the training seed.", "",
+        "fraction of those seeds on which a cell is right is its score. Accuracies are in percent; Δ = A − B "
+        "and its 95% interval are in percentage points (pp), the interval being the percentile interval of a "
+        f"paired bootstrap over test images ({N_BOOT} resamples, `paired_bootstrap_diff`); p is two-sided, for "
+        "no difference. This interval reflects test-set sampling; the seed-matched table (seed s of A against "
+        "seed s of B, each its own `paired_bootstrap`) shows how much the difference moves with the training seed.", "",
         "## Best strategy vs linear probe, per backbone", "",
     ]
     per = comparisons.get("best_vs_linear_probe", [])
-    lines += (header + [_paired_line(c) for c in per]) if per else ["no backbone has both a linear probe and another finished strategy"]
+    lines += _section(per, "no backbone has both a linear probe and another finished strategy")
     lines += ["", "## Best cell vs runner-up", ""]
     top = comparisons.get("best_vs_runner_up", [])
-    lines += (header + [_paired_line(c) for c in top]) if top else ["fewer than two finished cells"]
+    lines += _section(top, "fewer than two finished cells")
+    made = [c for c in [*per, *top] if "error" not in c]
+    if made and all(len(c["seeds"]) == 1 for c in made):
+        used = seeds if seeds is not None else sorted({s for c in made for s in c["seeds"]})
+        lines += ["", "One common seed per comparison: the interval covers test-set sampling only, with no spread "
+                  f"over training seeds (no seed-matched table); {seeds_hint(used)}."]
     lines.append("")
     path = out / "paired.md"
     atomic_write_text(path, "\n".join(lines))

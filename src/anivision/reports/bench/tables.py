@@ -166,9 +166,12 @@ def accuracy_gain_matrix(rows: Sequence[Mapping[str, Any]], baseline: str = BASE
 
 # ------------------------------------------------------------------------------ tables
 
+#: What a table cell shows when a number is missing (failed cell) or undefined (std of one seed).
+NO_VALUE = "—"
 
-def _num(v: float, fmt: str) -> str:
-    return "–" if v is None or not np.isfinite(v) else format(v, fmt)
+
+def _num(v: float | None, fmt: str) -> str:
+    return NO_VALUE if v is None or not np.isfinite(v) else format(v, fmt)
 
 
 def _secs(v: float) -> str:
@@ -179,89 +182,130 @@ def _epochs(v: float) -> str:
     return _num(v, ".0f" if np.isfinite(v) and float(v).is_integer() else ".1f")
 
 
-def _pct(v: float, fmt: str = ".2f") -> str:
-    """A fraction in percent (``0.8744`` -> ``"87.44"``), ``"–"`` when missing."""
+def _pct(v: float | None, fmt: str = ".2f") -> str:
+    """A fraction in percent (``0.8744`` -> ``"87.44"``), ``"—"`` when missing."""
     return _num(100.0 * v if v is not None else v, fmt)
 
 
+def _millions(v: float) -> str:
+    if not np.isfinite(v):
+        return NO_VALUE
+    return format(v / 1e6, ".2f" if v >= 1e6 else ".3g")
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table: one header (names with their units), one number or name per cell."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def seeds_hint(seeds: Sequence[int]) -> str:
+    """How to get a spread: three seeds from the grid's first one (``--seeds 42,43,44``), or a
+    rerun when the grid already lists several seeds (some failed)."""
+    if len(seeds) >= 2:
+        return "rerun the same command to retry the failed seeds"
+    first = int(seeds[0]) if seeds else 42
+    return f"add --seeds {first},{first + 1},{first + 2}"
+
+
+def one_seed_note(summaries: Sequence[CellSummary], seeds: Sequence[int],
+                  missing: str = f"no spread or interval ({NO_VALUE} for ± std)") -> str | None:
+    """The sentence under a table when cells have a single finished seed, else None.
+
+    Args:
+        summaries: the cells the table shows.
+        seeds: the grid's seeds (for the hint).
+        missing: what one seed cannot give, in the table's words.
+    """
+    done = [c for c in summaries if c.n > 0]
+    ones = [c for c in done if c.n == 1]
+    if not ones:
+        return None
+    if len(ones) == len(done):
+        return f"One seed per cell: {missing}; {seeds_hint(seeds)}."
+    names = ", ".join(f"{c.backbone} / {c.strategy}" for c in ones)
+    return f"One finished seed in {names}: {missing}; {seeds_hint(seeds)}."
+
+
+def _best_by_backbone(summaries: Sequence[CellSummary]) -> dict[str, float]:
+    best: dict[str, float] = {}
+    for c in summaries:
+        if c.n > 0 and np.isfinite(c.acc_mean):
+            best[c.backbone] = max(best.get(c.backbone, -math.inf), c.acc_mean)
+    return best
+
+
 def _table1(summaries: Sequence[CellSummary], backbones: Sequence[str], strategies: Sequence[str]) -> str:
-    """Rows backbones, columns strategies: ``acc ± std (F1 %, loss, epochs, s/epoch) n=k``; best bold."""
+    """One row per backbone x strategy, one quantity per column with its unit; best accuracy
+    of each backbone in bold; a "failed" column when some seeds failed."""
     by = {(c.backbone, c.strategy): c for c in summaries}
-    lines = ["| backbone | " + " | ".join(strategies) + " |", "|---|" + "---|" * len(strategies)]
+    any_failed = any(c.n_failed for c in summaries)
+    header = ["backbone", "strategy", "accuracy (%)", "± std (pp)", "macro F1 (%)", "test loss", "epochs", "s/epoch", "seeds"]
+    header += ["failed"] if any_failed else []
+    best = _best_by_backbone(summaries)
+    rows = []
     for b in backbones:
-        means = [by[(b, s)].acc_mean for s in strategies if (b, s) in by and np.isfinite(by[(b, s)].acc_mean)]
-        best = max(means) if means else None
-        cells = []
         for s in strategies:
             c = by.get((b, s))
-            if c is None or c.n == 0:
-                cells.append(f"failed ({c.n_failed}/{c.n_failed})" if c else "–")
+            if c is None:
                 continue
-            acc = f"{c.acc_mean:.2f} ± {_num(c.acc_std, '.2f')}"
-            if best is not None and c.acc_mean == best:
+            acc = _num(c.acc_mean, ".2f")
+            if c.n and c.acc_mean == best.get(b):
                 acc = f"**{acc}**"
-            text = f"{acc} ({_pct(c.f1_mean)}, {_num(c.loss_mean, '.3f')}, {_epochs(c.epochs_mean)}, {_secs(c.sec_per_epoch_mean)}) n={c.n}"
-            if c.n_failed:
-                text += f", {c.n_failed} failed"
-            cells.append(text)
-        lines.append(f"| {b} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            row = [b, s, acc, _num(c.acc_std, ".2f"), _pct(c.f1_mean), _num(c.loss_mean, ".3f"),
+                   _epochs(c.epochs_mean), _secs(c.sec_per_epoch_mean), str(c.n)]
+            rows.append(row + ([str(c.n_failed)] if any_failed else []))
+    return md_table(header, rows)
 
 
-def _ci_table(summaries: Sequence[CellSummary], backbones: Sequence[str], strategies: Sequence[str]) -> str:
-    by = {(c.backbone, c.strategy): c for c in summaries}
-    lines = ["| backbone | " + " | ".join(strategies) + " |", "|---|" + "---|" * len(strategies)]
-    for b in backbones:
-        cells = []
-        for s in strategies:
-            c = by.get((b, s))
-            if c is None or c.n == 0:
-                cells.append("–")
-            elif not np.isfinite(c.acc_ci):
-                cells.append(f"{c.acc_mean:.2f} (n=1, no interval)")
-            else:
-                cells.append(f"{c.acc_mean:.2f} ± {c.acc_ci:.2f} [{c.acc_mean - c.acc_ci:.2f}, {c.acc_mean + c.acc_ci:.2f}] n={c.n}")
-        lines.append(f"| {b} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _efficiency_table(summaries: Sequence[CellSummary]) -> str:
-    lines = ["| backbone | strategy | params | trainable % | train img/s | inference img/s | latency ms | s/epoch |",
-             "|---|---|---|---|---|---|---|---|"]
+def _ci_table(summaries: Sequence[CellSummary]) -> str:
+    header = ["backbone", "strategy", "accuracy (%)", "95% CI low (%)", "95% CI high (%)", "± half width (pp)", "seeds"]
+    rows = []
     for c in summaries:
         if c.n == 0:
             continue
-        params = f"{c.params_total / 1e6:.2f}M" if np.isfinite(c.params_total) else "–"
-        lines.append(f"| {c.backbone} | {c.strategy} | {params} | {_num(c.trainable_percent, '.1f')} | "
-                     f"{_num(c.train_ips, '.0f')} | {_num(c.infer_ips, '.0f')} | {_num(c.latency_ms, '.2f')} | {_secs(c.sec_per_epoch_mean)} |")
-    return "\n".join(lines)
+        low, high = c.acc_mean - c.acc_ci, c.acc_mean + c.acc_ci
+        rows.append([c.backbone, c.strategy, _num(c.acc_mean, ".2f"), _num(low, ".2f"), _num(high, ".2f"),
+                     _num(c.acc_ci, ".2f"), str(c.n)])
+    return md_table(header, rows)
+
+
+def _efficiency_table(summaries: Sequence[CellSummary]) -> str:
+    header = ["backbone", "strategy", "params (M)", "trainable (%)", "train (img/s)", "inference (img/s)",
+              "latency (ms)", "s/epoch"]
+    rows = [[c.backbone, c.strategy, _millions(c.params_total), _num(c.trainable_percent, ".1f"),
+             _num(c.train_ips, ".0f"), _num(c.infer_ips, ".0f"), _num(c.latency_ms, ".2f"), _secs(c.sec_per_epoch_mean)]
+            for c in summaries if c.n > 0]
+    return md_table(header, rows)
+
+
+def table1_legend(seeds: Sequence[int]) -> str:
+    """The sentence above the main table: what each column means."""
+    return (f"Test accuracy (%) and macro F1 (%) are means over the seeds that finished (grid seeds: "
+            f"{', '.join(map(str, seeds))}); ± std is the sample standard deviation over those seeds in "
+            "percentage points (pp); test loss is the mean negative log-likelihood per test image; epochs "
+            "run and seconds per epoch are means too; seeds counts the seeds that finished. "
+            "Best strategy per backbone in bold.")
 
 
 def write_table(out: Path, rows: Sequence[Mapping[str, Any]], summaries: Sequence[CellSummary]) -> Path:
-    """``table.md``: the study's Table-1 layout, the 95% CI table and an efficiency table."""
+    """``table.md``: the main table, the 95% CI table and a cost table, one number per cell."""
     backbones, strategies, seeds = grid_axes(rows)
-    text = "\n".join([
-        "# Benchmark table",
-        "",
-        f"Test accuracy (%) mean ± sample std over seeds ({', '.join(map(str, seeds))}); in brackets "
-        "macro F1 (%), test loss (NLL), epochs run, seconds per epoch (means over seeds); n = seeds that finished. "
-        "Best strategy per backbone in bold.",
-        "",
-        _table1(summaries, backbones, strategies),
-        "",
-        "## 95% confidence intervals",
-        "",
-        "Mean test accuracy (%) ± half width of the Student-t 95% interval over seeds (`mean_ci`), [low, high].",
-        "",
-        _ci_table(summaries, backbones, strategies),
-        "",
-        "## Cost",
-        "",
-        _efficiency_table(summaries),
-        "",
-    ])
+    note = one_seed_note(summaries, seeds)
+    lines = ["# Benchmark table", "", table1_legend(seeds), "", _table1(summaries, backbones, strategies), ""]
+    lines += [note, ""] if note else []
+    lines += ["## 95% confidence intervals", ""]
+    if any(c.n >= 2 for c in summaries):
+        ci_note = one_seed_note(summaries, seeds, missing=f"no interval ({NO_VALUE})")
+        lines += ["Mean test accuracy (%) and its Student-t 95% interval over seeds (`mean_ci`): low and high "
+                  "bounds in percent, half width in percentage points.", "", _ci_table(summaries), ""]
+        lines += [ci_note, ""] if ci_note else []
+    else:
+        lines += [f"No interval: every cell has one seed; {seeds_hint(seeds)}.", ""]
+    lines += ["## Cost", "", "Means over the seeds that finished.", "", _efficiency_table(summaries), ""]
     path = out / "table.md"
-    atomic_write_text(path, text)
+    atomic_write_text(path, "\n".join(lines))
     return path
 
 
@@ -287,13 +331,15 @@ def _per_class_f1(rows: Sequence[Mapping[str, Any]], backbone: str, strategy: st
 
 def write_per_class_f1(out: Path, rows: Sequence[Mapping[str, Any]], summaries: Sequence[CellSummary]) -> Path:
     """``per_class_f1.md``: per backbone, linear probe vs its best other strategy, per class."""
-    backbones, strategies, _ = grid_axes(rows)
+    backbones, _, seeds = grid_axes(rows)
+    by = {(c.backbone, c.strategy): c for c in summaries}
+    shown: list[CellSummary] = []
     lines = ["# Per-class F1", "",
-             "Test F1 (%) per class, mean over seeds: the linear probe against the best other strategy "
-             "of each backbone (by mean accuracy); Δ = best − linear probe, in points.", ""]
+             "Test F1 (%) per class, mean over the seeds that finished: the linear probe against the best other "
+             "strategy of each backbone (by mean accuracy); Δ = best − linear probe, in percentage points (pp).", ""]
     for b in backbones:
         best = _best_strategy(summaries, b, exclude=BASELINE)
-        has_base = any(c.backbone == b and c.strategy == BASELINE and c.n > 0 for c in summaries)
+        has_base = (b, BASELINE) in by and by[(b, BASELINE)].n > 0
         cols = ([BASELINE] if has_base else []) + ([best.strategy] if best else [])
         lines += [f"## {b}", ""]
         if not cols:
@@ -302,15 +348,17 @@ def write_per_class_f1(out: Path, rows: Sequence[Mapping[str, Any]], summaries: 
         f1 = {s: _per_class_f1(rows, b, s) for s in cols}
         classes = list(dict.fromkeys(k for s in cols for k in f1[s]))
         both = len(cols) == 2
-        lines.append("| class | " + " | ".join(cols) + (" | Δ |" if both else " |"))
-        lines.append("|---|" + "---|" * (len(cols) + both))
+        header = ["class"] + [f"{s} F1 (%)" for s in cols] + (["Δ (pp)"] if both else [])
+        body = []
         for c in classes:
             vals = [f1[s].get(c, float("nan")) for s in cols]
-            cells = [_pct(v) for v in vals]
-            if both:
-                cells.append(_pct(vals[1] - vals[0], "+.2f"))
-            lines.append(f"| {c} | " + " | ".join(cells) + " |")
-        lines.append("")
+            body.append([c] + [_pct(v) for v in vals] + ([_pct(vals[1] - vals[0], "+.2f")] if both else []))
+        shown += [by[(b, s)] for s in cols]
+        n_seeds = ", ".join(f"{s} {by[(b, s)].n}" for s in cols)
+        lines += [md_table(header, body), "", f"Seeds that finished: {n_seeds}.", ""]
+    note = one_seed_note(shown, seeds, missing="F1 of a single run, no spread over seeds")
+    if note:
+        lines += [note, ""]
     path = out / "per_class_f1.md"
     atomic_write_text(path, "\n".join(lines))
     return path
