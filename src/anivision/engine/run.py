@@ -26,12 +26,18 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import IO, Any, Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, run folders are not locked there
+    fcntl = None  # type: ignore[assignment]
 
 from anivision.config import RunConfig
 from anivision.engine.checkpoint import load_checkpoint, save_checkpoint, save_weights
@@ -43,6 +49,39 @@ log = logging.getLogger(__name__)
 
 MODES = ("max", "min", "last")
 T = TypeVar("T")
+LOCK_NAME = ".lock"
+# Run folders this process has locked (resolved path -> open lock file): claiming one again in
+# the same process (a resumed run, a bench re-run, tests) is fine; flock would refuse it.
+_HELD_LOCKS: dict[Path, IO[str]] = {}
+
+
+def _lock_folder(path: Path) -> IO[str] | None:
+    """Take an exclusive, non-blocking flock on ``path/.lock`` and write our pid into it.
+
+    The OS drops the lock when the process dies, so a killed run leaves no stale lock.
+
+    Raises:
+        AnivisionError: another process holds the lock.
+    """
+    key = path.resolve()
+    if fcntl is None or key in _HELD_LOCKS:
+        return None
+    fh = open(key / LOCK_NAME, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        pid = fh.read().strip() or "unknown"
+        fh.close()
+        raise AnivisionError(
+            f"{path}: another anivision process is using this run folder (pid {pid}); wait for it or choose another --out"
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    _HELD_LOCKS[key] = fh
+    return fh
 
 
 def check_same_config(path: str | Path, config: RunConfig, unreadable_ok: bool = False) -> None:
@@ -163,6 +202,7 @@ class RunFolder:
         self.dist = dist or DistInfo()
         self.metrics_log = metrics_log
         self.checkpoint = checkpoint
+        self._lock: IO[str] | None = None
         if self.is_main:
             self.path.mkdir(parents=True, exist_ok=True)
 
@@ -182,12 +222,29 @@ class RunFolder:
             check_same_config(self.path / name, self.config)
 
     def claim(self, name: str = "config.json") -> None:
-        """Check the same-run rule, then write this run's config (rank 0)."""
+        """Lock the folder (``.lock``, held until :meth:`release` or the process ends), check the
+        same-run rule, then write this run's config (rank 0).
+
+        Raises:
+            AnivisionError: another process holds the folder, or it holds a different run.
+        """
         if self.is_main:
-            self.check_config(name)
+            self._lock = _lock_folder(self.path) or self._lock
+            try:
+                self.check_config(name)
+            except AnivisionError:
+                self.release()
+                raise
             if self.config is not None:
                 atomic_write_json(self.path / name, self.config.to_dict())
         self.barrier()
+
+    def release(self) -> None:
+        """Give up the folder's lock taken by :meth:`claim` (the process ending does it too)."""
+        if self._lock is not None:
+            _HELD_LOCKS.pop(self.path.resolve(), None)
+            self._lock.close()
+            self._lock = None
 
     def finished(self, name: str) -> dict[str, Any] | None:
         """The results file ``name`` of a finished run with this config, else None.
@@ -249,7 +306,7 @@ class RunFolder:
         (a task's own counters, e.g. a plateau schedule's).
         """
         tracker = tracker or BestTracker("last")
-        state = load_checkpoint(self.path / self.checkpoint, model, optimizer) or {}
+        state = load_checkpoint(self.path / self.checkpoint, model, optimizer, recover=self.is_main) or {}
         tracker.load_state_dict(state)
         history = list(state.get("history", []))
         next_epoch = int(state["epoch"]) + 1 if "epoch" in state else first_epoch
