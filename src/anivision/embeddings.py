@@ -153,6 +153,8 @@ def embed_paths(
 
     Returns:
         (N, D) (or (N, ...)) features with the validity mask; N = ``len(indices)`` when given.
+        When no image is readable: (N, ``backbone.num_features``) zeros (0 columns without that
+        attribute), every row invalid.
     """
     rows = np.arange(len(paths)) if indices is None else np.asarray(indices, dtype=np.int64)
     feat_path = None
@@ -175,11 +177,14 @@ def embed_paths(
                 return Embeddings(z["features"], valid, [paths[i] for i, ok in zip(rows, valid) if not ok])
     decoded = decode_images(paths, cache_size(cfg), cache_dir=cache_dir, progress=progress)
     ds = CachedImageDataset(decoded, rows, None, eval_transform(cfg))
+    valid = decoded.valid[rows]
+    if len(ds) == 0:  # nothing readable: all rows invalid, nothing to run (nor to cache)
+        features = np.zeros((len(rows), int(getattr(backbone, "num_features", 0))), dtype=np.float32)
+        return Embeddings(features, valid.copy(), [paths[i] for i in rows])
     was_training = backbone.training
     feats_valid = forward_batches(backbone, ds, batch_size=batch_size, device=device, desc=desc, progress=progress)
     backbone.train(was_training)
-    shape = feats_valid.shape[1:] if feats_valid.size else (int(getattr(backbone, "num_features", 0)),)
-    valid = decoded.valid[rows]
+    shape = feats_valid.shape[1:]
     features = np.zeros((len(rows), *shape), dtype=np.float32)
     features[valid] = feats_valid
     if feat_path is not None:

@@ -168,7 +168,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0 if rows else 1
 
 
+# The demo's 70/15/15 split puts at least one image of each emotion in train, val and test.
+DEMO_MIN_PER_CLASS = 3
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.epochs < 1:
+        raise AnivisionError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.n_per_class < DEMO_MIN_PER_CLASS:
+        raise AnivisionError(f"--n-per-class must be at least {DEMO_MIN_PER_CLASS} (one image per emotion in each of train, val and test), got {args.n_per_class}")
     out = Path(args.out)
     data = out / "data"
     if not (data / "synth.json").exists():

@@ -165,9 +165,20 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"(before meta-training {100 * init:.2f}%)")
     print(f"held-out test classes: {', '.join(c['test']) or 'none'}")
     print(f"weights: {Path(cfg.out) / 'model.safetensors'}")
-    if c["test"]:
-        print(f"next: anivision fewshot evaluate {cfg.out} --n-way {min(cfg.n_way, len(c['test']))} --k-shot {cfg.k_shot}")
+    print(_next_hint(cfg.out, cfg.n_way, cfg.k_shot, c))
     return 0
+
+
+def _next_hint(run: str, n_way: int, k_shot: int, classes: dict[str, list[str]]) -> str:
+    """The ``fewshot evaluate`` command to run next, with an N-way it accepts (2 to the classes there are)."""
+    n_test, n_unseen = len(classes.get("test", [])), len(classes.get("val", [])) + len(classes.get("test", []))
+    if n_test >= 2:
+        return f"next: anivision fewshot evaluate {run} --n-way {min(max(2, n_way), n_test)} --k-shot {k_shot}"
+    if n_unseen >= 2:
+        return (f"next: anivision fewshot evaluate {run} --class-set unseen --n-way {min(max(2, n_way), n_unseen)} --k-shot {k_shot}"
+                f" (fewer than 2 held-out test classes)")
+    return (f"next: anivision fewshot evaluate {run} --data OTHER_CHARACTERS_DIR --n-way {max(2, n_way)} --k-shot {k_shot}"
+            f" (fewer than 2 held-out classes to evaluate on here)")
 
 
 def _percent(acc: float | None, ci95: float | None) -> str:

@@ -32,8 +32,8 @@ MAX_SIZE = 1024
 _TASK_CODE = {"emotion": 1, "character": 2, "style": 3}
 _STREAM_IMAGE, _STREAM_ROLE, _STREAM_WORK = 0, 1, 2
 
-# Files this generator writes; only these are removed when a folder is regenerated.
-_FILE_RE = re.compile(r"^[A-Za-z0-9_\-]+_\d{5}\.jpg$")
+# Class folder names this generator writes (emotions, role_NN, work_NN).
+_CLASS_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -102,33 +102,62 @@ def _encode_jpeg(img: Image.Image, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def _remove_previous(out: Path) -> None:
-    """Delete the images a previous run listed in its synth.json, so a rerun gives the same tree.
+def _previous_files(out: Path) -> dict[str, list[str]]:
+    """Class folder (relative to ``out``) -> the file names a previous run's synth.json records.
 
-    Only files named like ours, in folders that run wrote, are removed; anything else the
-    user put there is left alone.
+    The record's ``counts`` fix the names exactly: ``<folder name>_<i:05d>.jpg`` for ``i`` below
+    the count. A missing or unreadable record lists nothing.
     """
     meta = out / "synth.json"
-    if not meta.is_file():
-        return
+    if not meta.is_file() or meta.is_symlink():
+        return {}
     try:
         counts = json.loads(meta.read_text(encoding="utf-8")).get("counts", {})
     except (OSError, ValueError, AttributeError):
-        return
+        return {}
     if not isinstance(counts, dict):
-        return
-    for rel in counts:
+        return {}
+    listed: dict[str, list[str]] = {}
+    for rel, n in counts.items():
         rel_path = Path(str(rel))
-        if rel_path.is_absolute() or ".." in rel_path.parts:
+        if rel_path.is_absolute() or ".." in rel_path.parts or not rel_path.parts or not isinstance(n, int):
             continue
-        folder = out / rel_path
-        if not folder.is_dir():
+        if not _CLASS_RE.match(rel_path.name):
             continue
-        for f in folder.iterdir():
-            if f.is_file() and _FILE_RE.match(f.name):
-                f.unlink()
+        listed[rel_path.as_posix()] = [f"{rel_path.name}_{i:05d}.jpg" for i in range(max(0, n))]
+    return listed
+
+
+def _check_no_escape(out: Path, rel_paths: list[str]) -> None:
+    """Refuse a class folder (or a file in it) that is a symlink leading outside ``out``."""
+    root, seen = out.resolve(), set()
+    for rel in rel_paths:
+        path = out
+        for part in Path(rel).parts:
+            path = path / part
+            if path in seen:
+                continue
+            seen.add(path)
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
+                raise AnivisionError(f"{path} is a symlink to {path.resolve()}, outside the output folder {out}; "
+                                     "synth does not write or delete through it")
+
+
+def _remove_previous(out: Path, listed: dict[str, list[str]]) -> None:
+    """Delete exactly the images a previous run recorded in its synth.json, so a rerun gives the same tree.
+
+    Anything else the user put in those folders is left alone; symlinks are never followed.
+    """
+    for rel, names in listed.items():
+        folder = out / rel
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        for name in names:
+            f = folder / name
+            if f.is_symlink() or f.is_file():
+                f.unlink()  # a symlink is removed itself, its target never touched
         for d in (folder, folder.parent):
-            if d != out and d.is_dir() and not any(d.iterdir()):
+            if d != out and d.is_dir() and not d.is_symlink() and not any(d.iterdir()):
                 d.rmdir()
 
 
@@ -195,9 +224,13 @@ def generate(
     _check(task, out, n_per_class, size, seed, n_classes, n_works, roles_per_work)
     n_classes = 8 if n_classes is None else n_classes
     out.mkdir(parents=True, exist_ok=True)
-    _remove_previous(out)
-
     jobs = list(_jobs(task, n_per_class, n_classes, n_works, roles_per_work))
+    listed = _previous_files(out)
+    targets = {f"{rel}/{name}" for rel, names in listed.items() for name in names}
+    targets.update(f"{job.rel_dir}/{job.name}" for job in jobs)
+    _check_no_escape(out, sorted(targets) + ["synth.json"])
+    _remove_previous(out, listed)
+
     counts: dict[str, int] = {}
     for job in progress_bar(jobs, progress, desc=f"synth {task}", unit="img"):
         folder = out / job.rel_dir

@@ -171,12 +171,15 @@ def evaluate_run(
     ``RUN_DIR/eval`` or ``RUN_DIR/eval-<data name>``).
 
     Raises:
-        AnivisionError: not a trained run; both ``data`` and ``data_root``; the recorded data
+        AnivisionError: not a trained run; ``out`` is the run folder itself; both ``data`` and ``data_root``; the recorded data
             root or an image is missing (the message says to pass ``data_root``), or changed.
     """
     if data and data_root:
         raise AnivisionError("give --data (evaluate on every image of a folder) or --data-root (the test split's images moved there), not both")
     run_dir = Path(run_dir)
+    if out and Path(out).resolve() == run_dir.resolve():
+        raise AnivisionError(f"--out {out} is the run folder itself; its metrics.json and report.md are the run's own, "
+                             "so choose another folder (default: RUN/eval)")
     model, cfg, classes, dcfg = load_run(run_dir)
     device = next(model.parameters()).device
     paths, labels, idx = _evaluation_set(run_dir, cfg, classes, data, data_root)
