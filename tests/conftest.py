@@ -48,6 +48,17 @@ def cli_train_config(args: list[str]):
     return build_train_config(build_parser().parse_args([a for a in args if a not in ("-q", "--quiet")]))
 
 
+def assert_same_results(a: Path, b: Path, keys: tuple[str, ...] = ("accuracy", "nll", "f1_macro", "confusion_matrix", "epochs_run")) -> None:
+    """Two classification run folders ended with the same test metrics and the same training losses."""
+    import json
+
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    for k in keys:
+        assert ma[k] == mb[k], k
+    ha, hb = ([json.loads(line)["train_loss"] for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (a, b))
+    assert ha == hb
+
+
 class Killed(Exception):
     """Raised by :func:`kill_at_step`: a run stopped mid-epoch (power cut, OOM killer)."""
 

@@ -12,7 +12,7 @@ from PIL import Image
 from anivision.cli import main
 from anivision.tasks.classify import train_classifier
 
-from conftest import TINY_CNN, TINY_VIT, Killed, cli_train_config, kill_at_step, make_class_folders, run_cli
+from conftest import assert_same_results, TINY_CNN, TINY_VIT, Killed, cli_train_config, kill_at_step, make_class_folders, run_cli
 
 
 def _train_args(data, out, cache, *extra):
@@ -91,13 +91,7 @@ def test_resume_after_kill_matches_uninterrupted(tiny_data, cache_dir, tmp_path)
     state = json.loads((killed_out / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == 1  # epochs 1 and 2 finished, the third was interrupted
     assert main(_train_args(tiny_data, killed_out, cache_dir, *common)) == 0
-    a = json.loads((full_out / "metrics.json").read_text())
-    b = json.loads((killed_out / "metrics.json").read_text())
-    for k in ("accuracy", "nll", "f1_macro", "confusion_matrix", "epochs_run"):
-        assert a[k] == b[k], k
-    ha = [json.loads(l) for l in (full_out / "metrics.jsonl").read_text().splitlines()]
-    hb = [json.loads(l) for l in (killed_out / "metrics.jsonl").read_text().splitlines()]
-    assert [h["train_loss"] for h in ha] == [h["train_loss"] for h in hb]
+    assert_same_results(full_out, killed_out)
 
 
 def test_early_stopping(tiny_data, cache_dir, tmp_path):

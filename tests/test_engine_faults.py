@@ -21,7 +21,7 @@ from anivision.engine.run import BestTracker, RunFolder
 from anivision.errors import AnivisionError
 from anivision.tasks.classify import train_classifier
 
-from conftest import cli_train_config
+from conftest import assert_same_results, cli_train_config
 
 fcntl = pytest.importorskip("fcntl")
 
@@ -165,13 +165,7 @@ def test_classify_run_killed_between_renames_resumes_identically(tiny_data, cach
     monkeypatch.undo()
     assert not (killed_out / "checkpoint").exists()
     assert main(_train_args(tiny_data, killed_out, cache_dir)) == 0
-    a = json.loads((full_out / "metrics.json").read_text())
-    b = json.loads((killed_out / "metrics.json").read_text())
-    for k in ("accuracy", "nll", "f1_macro", "confusion_matrix", "epochs_run"):
-        assert a[k] == b[k], k
-    ha = [json.loads(l) for l in (full_out / "metrics.jsonl").read_text().splitlines()]
-    hb = [json.loads(l) for l in (killed_out / "metrics.jsonl").read_text().splitlines()]
-    assert [h["train_loss"] for h in ha] == [h["train_loss"] for h in hb]
+    assert_same_results(full_out, killed_out)
     assert not list(killed_out.glob("checkpoint.*"))
 
 

@@ -50,9 +50,10 @@ log = logging.getLogger(__name__)
 MODES = ("max", "min", "last")
 T = TypeVar("T")
 LOCK_NAME = ".lock"
-# Run folders this process has locked (resolved path -> open lock file): claiming one again in
-# the same process (a resumed run, a bench re-run, tests) is fine; flock would refuse it.
-_HELD_LOCKS: dict[Path, IO[str]] = {}
+# Lock files this process holds ((device, inode) -> open file): claiming one again in the same
+# process (a resumed run, a bench re-run, a folder moved since) is fine; flock would refuse it.
+# Keyed by inode, not path, because a moved folder keeps its lock file.
+_HELD_LOCKS: dict[tuple[int, int], IO[str]] = {}
 
 
 def _lock_folder(path: Path) -> IO[str] | None:
@@ -63,10 +64,14 @@ def _lock_folder(path: Path) -> IO[str] | None:
     Raises:
         AnivisionError: another process holds the lock.
     """
-    key = path.resolve()
-    if fcntl is None or key in _HELD_LOCKS:
+    if fcntl is None:
         return None
-    fh = open(key / LOCK_NAME, "a+", encoding="utf-8")
+    fh = open(path / LOCK_NAME, "a+", encoding="utf-8")
+    st = os.fstat(fh.fileno())
+    key = (st.st_dev, st.st_ino)
+    if key in _HELD_LOCKS:
+        fh.close()
+        return None
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -242,7 +247,8 @@ class RunFolder:
     def release(self) -> None:
         """Give up the folder's lock taken by :meth:`claim` (the process ending does it too)."""
         if self._lock is not None:
-            _HELD_LOCKS.pop(self.path.resolve(), None)
+            for key in [k for k, fh in _HELD_LOCKS.items() if fh is self._lock]:
+                del _HELD_LOCKS[key]
             self._lock.close()
             self._lock = None
 
