@@ -111,13 +111,18 @@ def scan_class_folders(root: str | Path, allow_empty_classes: bool = False) -> L
     return LabeledImages(paths=paths, labels=labels, classes=classes, ignored=ignored)
 
 
-def read_manifest(csv_path: str | Path) -> LabeledImages:
+def read_manifest(csv_path: str | Path, allow_duplicates: bool = False) -> LabeledImages:
     """Read a CSV manifest with columns ``path,label[,split]``.
 
     Relative paths are resolved against the CSV's folder. Classes are sorted by name.
 
+    Args:
+        allow_duplicates: accept an image listed twice (``anivision data check`` reports such
+            rows as label conflicts and leakage instead of refusing them).
+
     Raises:
-        AnivisionError: missing file, missing columns, or no rows.
+        AnivisionError: missing file, missing columns, no rows, an image listed twice, or one
+            blank cell in a split column.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -127,20 +132,50 @@ def read_manifest(csv_path: str | Path) -> LabeledImages:
         cols = reader.fieldnames or []
         if "path" not in cols or "label" not in cols:
             raise AnivisionError(f"{csv_path}: manifest needs columns path,label[,split]; found {','.join(cols) or 'none'}")
-        rows = list(reader)
+        rows, lines = [], []
+        for r in reader:
+            rows.append(r)
+            lines.append(reader.line_num)
     if not rows:
         raise AnivisionError(f"{csv_path}: manifest has no rows")
     base = csv_path.parent
     classes = sorted({r["label"] for r in rows})
     index = {c: i for i, c in enumerate(classes)}
     paths = [str(p if Path(p).is_absolute() else base / p) for p in (r["path"] for r in rows)]
-    has_split = "split" in cols and all(r.get("split") for r in rows)
+    if not allow_duplicates:
+        check_unique_rows(csv_path, paths, lines)
+    # A split column is used whole or not at all: one blank cell is an error, not a silent
+    # fresh split (an entirely blank column means no split).
+    has_split = "split" in cols and any((r.get("split") or "").strip() for r in rows)
+    if has_split:
+        blank = next((n for r, n in zip(rows, lines) if not (r.get("split") or "").strip()), None)
+        if blank is not None:
+            raise AnivisionError(f"{csv_path}: line {blank} has no split (every row needs train, val or test, or leave the whole column empty)")
     return LabeledImages(
         paths=paths,
         labels=[index[r["label"]] for r in rows],
         classes=classes,
         splits=[r["split"] for r in rows] if has_split else None,
     )
+
+
+def check_unique_rows(csv_path: str | Path, paths: list[str], lines: list[int]) -> None:
+    """Refuse a CSV that lists one image twice (it could land in both train and test).
+
+    Args:
+        csv_path: the file (for the message).
+        paths: each row's image path, resolved.
+        lines: each row's line number in the file (the header is line 1).
+
+    Raises:
+        AnivisionError: naming the repeated row and the row it repeats.
+    """
+    first: dict[str, int] = {}
+    for p, n in zip(paths, lines):
+        key = absolute_path(p)
+        if key in first:
+            raise AnivisionError(f"{csv_path}: line {n} repeats the image of line {first[key]} ({p})")
+        first[key] = n
 
 
 def load_labeled(data: str | Path) -> LabeledImages:

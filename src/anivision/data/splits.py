@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anivision.data.folder import LabeledImages, absolute_path, common_root, reroot
+from anivision.data.folder import LabeledImages, absolute_path, check_unique_rows, common_root, reroot
 from anivision.errors import AnivisionError
 
 #: Named presets from the studies anivision reproduces.
@@ -159,12 +159,18 @@ def _split_rows(split_csv: Path) -> tuple[list[dict[str, str]], list[str]]:
         missing = [c for c in ("path", "label", "split") if c not in cols]
         if missing:
             raise AnivisionError(f"{split_csv}: split file needs columns path,label,split[,sha1]; missing {','.join(missing)}")
-        rows = list(reader)
+        rows, lines = [], []
+        for r in reader:
+            rows.append(r)
+            lines.append(reader.line_num)
     if not rows:
         raise AnivisionError(f"{split_csv}: split file has no rows")
-    bad = [r["split"] for r in rows if r["split"] not in PARTS]
-    if bad:
-        raise AnivisionError(f"{split_csv}: unknown split name '{bad[0]}' (expected train, val or test)")
+    for r, n in zip(rows, lines):
+        if not (r["split"] or "").strip():
+            raise AnivisionError(f"{split_csv}: line {n} has no split (expected train, val or test)")
+        if r["split"] not in PARTS:
+            raise AnivisionError(f"{split_csv}: line {n}: unknown split name '{r['split']}' (expected train, val or test)")
+    check_unique_rows(split_csv, _recorded_paths(split_csv, rows), lines)
     return rows, cols
 
 

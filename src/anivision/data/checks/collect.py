@@ -93,7 +93,7 @@ def _collect(root: Path, split_csv: Path | None) -> tuple[list[_Item], dict[str,
     info: dict[str, Any] = {"ignored": [], "empty_classes": []}
     items: list[_Item] = []
     if root.suffix.lower() == ".csv" and root.is_file():
-        manifest = read_manifest(root)
+        manifest = read_manifest(root, allow_duplicates=True)  # duplicates are findings here, not errors
         splits = manifest.splits or [None] * len(manifest)
         for p, y, s in zip(manifest.paths, manifest.labels, splits):
             items.append(_Item(p, _abspath(p), manifest.classes[y], s))

@@ -15,6 +15,8 @@ them as locations (:meth:`TrainConfig.differences`): the same place however spel
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -24,8 +26,18 @@ from anivision.data.folder import absolute_if_file, absolute_path, same_location
 from anivision.data.transforms import AugmentConfig
 from anivision.errors import AnivisionError
 from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
+from anivision.strategies import STRATEGIES
 
 RECIPES = ("default", "fer", "aniwho")
+
+#: The largest ``--img-size``: the decoded-image cache holds every image at about this size
+#: (2048 px = 12 MiB per image, 12 GiB per thousand images), and no backbone is trained larger.
+MAX_IMG_SIZE = 2048
+#: Accepted values of the choice settings (the CLI's choices; checked again for YAML and code).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "strategy": STRATEGIES, "recipe": RECIPES, "optimizer": ("adamw", "sgd"),
+    "schedule": ("cosine", "plateau", "constant"), "monitor": ("val_acc", "val_loss"),
+}
 
 #: Training augmentation switched off: the train transform equals the eval transform.
 NO_AUGMENT = AugmentConfig(crop_scale=None, hflip=0.0, vflip=0.0, rotation=0.0, translate=0.0, zoom=0.0,
@@ -80,6 +92,8 @@ def resolve_train_config(options: Mapping[str, Any]) -> "TrainConfig":
     base.update({k: (dataclasses.asdict(v) if k == "aug" else v) for k, v in recipe_values(recipe, strategy).items()})
     base.update(values)
     cfg = TrainConfig.from_dict(base, source=str(options.get("config") or "train options"))
+    from_yaml = {k for k in values if options.get(k) is None} if options.get("config") else set()
+    cfg.validate(from_yaml, str(options.get("config") or ""))
     if cfg.prefix_cache:
         if cfg.strategy == "partial":
             # Cached activations cannot be augmented: training images get the eval transform,
@@ -93,9 +107,6 @@ def resolve_train_config(options: Mapping[str, Any]) -> "TrainConfig":
         raise AnivisionError("train needs --out RUN_DIR")
     if cfg.data and not Path(cfg.data).exists():
         raise AnivisionError(f"{cfg.data}: no such dataset folder or manifest")
-    for name in ("epochs", "batch_size", "img_size"):
-        if getattr(cfg, name) < 1:
-            raise AnivisionError(f"--{name.replace('_', '-')} must be at least 1")
     return cfg.with_absolute_paths()
 
 
@@ -155,6 +166,80 @@ class TrainConfig(RunConfig):
     #: Keys naming where the data lies: compared as locations (see :meth:`differences`).
     DATA_KEYS: ClassVar[tuple[str, ...]] = ("data", "split")
 
+    def validate(self, from_yaml: "set[str] | frozenset[str]" = frozenset(), source: str = "") -> None:
+        """Refuse values no run can train with, before anything is written.
+
+        Each error is one line naming the setting as the user wrote it: ``--dropout`` for a flag
+        (or a config built in code), ``FILE: dropout`` for a key of the YAML file ``source``
+        (the keys in ``from_yaml``).
+
+        Raises:
+            AnivisionError: a value of the wrong type or out of range.
+        """
+        def name(key: str) -> str:
+            return f"{source}: {key}" if key in from_yaml and source else "--" + key.replace("_", "-")
+
+        for key, problem in self._type_problems() or self._range_problems():
+            raise AnivisionError(f"{name(key)} {problem}")
+
+    def _type_problems(self) -> list[tuple[str, str]]:
+        out = []
+        for f in dataclasses.fields(self):
+            v, kind = getattr(self, f.name), str(f.type).replace(" ", "")
+            base, optional = kind.split("|")[0], kind.endswith("|None")
+            if v is None and optional:
+                continue
+            ok = {"int": isinstance(v, int) and not isinstance(v, bool),
+                  "float": isinstance(v, (int, float)) and not isinstance(v, bool),
+                  "str": isinstance(v, str), "bool": isinstance(v, bool)}.get(base, True)
+            if not ok:
+                what = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}[base]
+                out.append((f.name, f"must be {what}, got {v!r}"))
+        return out
+
+    def _range_problems(self) -> list[tuple[str, str]]:
+        def finite(v: float) -> bool:
+            return math.isfinite(v)
+
+        checks: list[tuple[str, bool, str]] = [
+            ("epochs", self.epochs >= 1, "must be at least 1"),
+            ("batch_size", self.batch_size >= 1, "must be at least 1"),
+            ("img_size", 16 <= self.img_size <= MAX_IMG_SIZE,
+             f"must be between 16 and {MAX_IMG_SIZE} pixels (the decoded-image cache holds every image at this size)"),
+            ("crop_pct", finite(self.crop_pct) and 0 < self.crop_pct <= 1, "must be in (0, 1]"),
+            ("dropout", finite(self.dropout) and 0 <= self.dropout < 1, "must be in [0, 1)"),
+            ("label_smoothing", finite(self.label_smoothing) and 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+            ("momentum", finite(self.momentum) and 0 <= self.momentum < 1, "must be in [0, 1)"),
+            ("plateau_factor", finite(self.plateau_factor) and 0 < self.plateau_factor < 1, "must be in (0, 1)"),
+            ("seed", self.seed >= 0, "must be 0 or more"),
+            ("partial_groups", self.partial_groups >= 1, "must be at least 1"),
+            ("unfreeze_every", self.unfreeze_every >= 1, "must be at least 1"),
+            ("progressive_groups", self.progressive_groups is None or self.progressive_groups >= 1, "must be at least 1"),
+            ("grad_clip", self.grad_clip is None or (finite(self.grad_clip) and self.grad_clip >= 0),
+             "must be a finite number, 0 or more (0 for no clipping)"),
+        ]
+        for key in ("lr_head", "lr_backbone", "weight_decay", "warmup_epochs", "min_lr"):
+            v = getattr(self, key)
+            checks.append((key, finite(v) and v >= 0, "must be a finite number, 0 or more"))
+        for key in ("patience", "plateau_patience", "workers"):
+            checks.append((key, getattr(self, key) >= 0, "must be 0 or more"))
+        for key, allowed in CHOICES.items():
+            checks.append((key, getattr(self, key) in allowed, f"must be one of {', '.join(allowed)}"))
+        return [(k, f"{msg}, got {getattr(self, k)!r}") for k, ok, msg in checks if not ok]
+
+    def check_out_outside_data(self) -> None:
+        """Refuse an ``out`` inside the class-per-folder ``data`` folder (checked when training)."""
+        # A run folder inside a class-per-folder dataset would put its PNGs among the images
+        # of a class the next time the folder is scanned. (A manifest lists its images.)
+        if not self.data or not self.out or Path(self.data).suffix.lower() == ".csv":
+            return
+        root, out = (os.path.realpath(absolute_path(p)) for p in (self.data, self.out))
+        if out == root or out.startswith(root.rstrip(os.sep) + os.sep):
+            raise AnivisionError(
+                f"--out {self.out} is inside the data folder {self.data}: its files would become training images "
+                "of a class in later runs; choose an output folder outside the data"
+            )
+
     def with_absolute_paths(self) -> "TrainConfig":
         """A copy with ``data``, ``split`` and a ``weights`` file as absolute paths (what ``config.json`` records)."""
         return dataclasses.replace(
@@ -181,6 +266,15 @@ class TrainConfig(RunConfig):
 
     @classmethod
     def _coerce(cls, values: dict[str, Any]) -> dict[str, Any]:
+        # YAML 1.1 reads ``1e-4`` (no dot) as a string: a number-like string is a number where
+        # the setting is one; anything else is left for :meth:`validate` to name.
+        for f in dataclasses.fields(cls):
+            v = values.get(f.name)
+            if isinstance(v, str) and str(f.type).startswith("float"):
+                try:
+                    values[f.name] = float(v)
+                except ValueError:
+                    pass
         if isinstance(values.get("aug"), dict):
             aug = dict(values["aug"])
             for k in ("crop_scale", "color_jitter"):
@@ -226,7 +320,7 @@ def recipe_values(recipe: str, strategy: str) -> dict[str, Any]:
             # fine-tuning optimiser settings with groups unfrozen from the top.
             "progressive": dict(lr_head=1e-3, lr_backbone=1e-4, epochs=40, patience=10, schedule="cosine", warmup_epochs=3.0, grad_clip=1.0, unfreeze_every=3),
         }
-        v.update(per[strategy])
+        v.update(per.get(strategy, {}))  # an unknown strategy is refused by TrainConfig.validate
         return v
     # aniwho
     return dict(

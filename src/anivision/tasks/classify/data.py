@@ -32,7 +32,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from anivision.data.cache import DecodedImages, decode_images, default_cache_dir
 from anivision.data.datasets import CachedImageDataset
-from anivision.data.folder import LabeledImages, data_root, images_root, load_labeled
+from anivision.data.folder import LabeledImages, data_root, images_root, load_labeled, read_manifest
 from anivision.data.splits import parse_ratios, read_split, split_indices, split_root, stratified_split, write_split
 from anivision.data.transforms import DataConfig, cache_size, eval_transform, train_transform
 from anivision.embeddings import embed_paths
@@ -79,6 +79,45 @@ def prepare_split(cfg: TrainConfig, run_dir: Path) -> LabeledImages:
             images.splits = stratified_split(images.labels, images.classes, parse_ratios(cfg.ratios), cfg.seed)
     write_split(images, images.splits, saved, root=images_root(images.paths, cfg.data or None))
     return images
+
+
+def check_new_data(cfg: TrainConfig, run_dir: Path) -> None:
+    """Before a new run claims its folder, the cheap checks of its data source (no image is read):
+    a ``--split`` file or a manifest ``--data`` must parse (no repeated image, no blank split
+    cell), and a ``--split`` given with ``--data`` must be a split of that data
+    (:func:`check_split_in_data`). A run that has its own ``split.csv`` is not checked: there
+    ``--data`` says where moved images now lie.
+    """
+    if (run_dir / RUN_SPLIT).exists():
+        return
+    if cfg.split:
+        images = read_split(cfg.split, verify=False)
+        if cfg.data:
+            check_split_in_data(images, cfg.split, cfg.data)
+    elif cfg.data and Path(cfg.data).suffix.lower() == ".csv":
+        read_manifest(cfg.data)
+
+
+def check_split_in_data(images: LabeledImages, split: str, data: str) -> None:
+    """Refuse a ``--split`` whose images are not those of ``--data`` (else the split silently
+    wins and ``config.json`` records another dataset).
+
+    Every image must lie under the ``--data`` folder, or, for a manifest, be one of its rows.
+
+    Raises:
+        AnivisionError: naming the first image that is not part of ``--data``.
+    """
+    if Path(data).suffix.lower() == ".csv":
+        rows = {os.path.realpath(p) for p in load_labeled(data).paths}
+        inside = [os.path.realpath(p) in rows for p in images.paths]
+        where = f"a row of the manifest {data}"
+    else:
+        root = os.path.realpath(data_root(data)).rstrip(os.sep) + os.sep
+        inside = [os.path.realpath(p).startswith(root) for p in images.paths]
+        where = f"under the --data folder {data}"
+    bad = next((p for p, ok in zip(images.paths, inside) if not ok), None)
+    if bad is not None:
+        raise AnivisionError(f"--split {split}: image {bad} is not {where}; give the split of this dataset, or only one of --split and --data")
 
 
 @dataclass

@@ -27,7 +27,7 @@ from anivision.engine.schedules import Plateau, warmup_constant, warmup_cosine
 from anivision.errors import AnivisionError
 from anivision.strategies import Strategy, backbone_groups, set_train_mode
 from anivision.tasks.classify.config import TrainConfig
-from anivision.tasks.classify.data import RunData, TrainingSets, load_data, prepare_split, training_sets
+from anivision.tasks.classify.data import RunData, TrainingSets, check_new_data, load_data, prepare_split, training_sets
 from anivision.tasks.classify.evaluate import finish_run
 from anivision.tasks.classify.model import build_classifier
 
@@ -56,11 +56,14 @@ def train_classifier(cfg: TrainConfig, progress: bool = True, on_step: Callable[
     """
     t_start = time.perf_counter()
     cfg = cfg.with_absolute_paths()  # config.json records where the data lies, from any working directory
+    cfg.validate()  # a config built in code gets the same checks as the CLI's, before anything is written
+    cfg.check_out_outside_data()
     dinfo = init_distributed()
     run = RunFolder(cfg.out, cfg, dinfo)
     done = run.finished("metrics.json")
     if done is not None:
         return done
+    check_new_data(cfg, run.path)
     run.claim()
     device = device_for(dinfo, cfg.device)
     seed_everything(cfg.seed)
