@@ -18,6 +18,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -25,6 +26,8 @@ from PIL import Image
 from anivision.data.images import load_image
 from anivision.errors import AnivisionError
 from anivision.progress import progress_bar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,28 @@ def decode_file(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
         return None, f"{path}: {type(exc).__name__}: {exc}"
 
 
+def decode_into(
+    pixels: np.ndarray, items: Sequence[T], names: Sequence[str],
+    decode: Callable[[T], tuple[np.ndarray | None, str | None]],
+    progress: bool, desc: str, workers: int | None = None,
+) -> tuple[np.ndarray, dict[str, str]]:
+    """Decode ``items`` in threads (PIL releases the GIL) into the rows of ``pixels``.
+
+    Returns:
+        (valid (N,) bool, errors: name -> one-line reason for each unreadable item).
+    """
+    valid = np.zeros(len(items), dtype=bool)
+    errors: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        results = pool.map(decode, items, chunksize=1)
+        for i, (img, err) in enumerate(progress_bar(results, progress, total=len(items), desc=desc, leave=False)):
+            if img is None:
+                errors[names[i]] = err or "unreadable"
+            else:
+                pixels[i], valid[i] = img, True
+    return valid, errors
+
+
 def decode_images(
     paths: list[str],
     size: int,
@@ -139,17 +164,7 @@ def decode_images(
         pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
     else:
         pixels = np.zeros((n, size, size, 3), dtype=np.uint8)
-    valid = np.zeros(n, dtype=bool)
-    errors: dict[str, str] = {}
-    workers = workers or min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda p: decode_file(p, size), paths, chunksize=1)
-        for i, (img, err) in enumerate(progress_bar(results, progress, total=n, desc=f"decode {size}px", leave=False)):
-            if img is None:
-                errors[paths[i]] = err or "unreadable"
-            else:
-                pixels[i] = img
-                valid[i] = True
+    valid, errors = decode_into(pixels, paths, paths, lambda p: decode_file(p, size), progress, f"decode {size}px", workers)
     _report_errors(errors)
     if arr_path is not None and meta_path is not None:
         pixels.flush()  # type: ignore[union-attr]

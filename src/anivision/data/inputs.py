@@ -10,17 +10,15 @@ training all see exactly the same pixels for the same picture.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Sequence, Union
 
 import numpy as np
 from PIL import Image
 
-from anivision.data.cache import DecodedImages, decode_file, resize_square
+from anivision.data.cache import DecodedImages, decode_file, decode_into, resize_square
 from anivision.data.folder import expand_inputs
 from anivision.data.images import to_rgb
 from anivision.errors import AnivisionError
-from anivision.progress import progress_bar
 
 #: One image: a file path (or folder or glob pattern, which may stand for many), a PIL image of
 #: any mode, or a uint8 numpy array (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA.
@@ -94,13 +92,5 @@ def decode_inputs(images: ImageInput | Iterable[ImageInput], size: int, progress
             array_to_image(item)  # validate up front: one clear error, not a worker traceback
     names = [input_name(it, i) for i, it in enumerate(items)]
     pixels = np.zeros((len(items), size, size, 3), dtype=np.uint8)
-    valid = np.zeros(len(items), dtype=bool)
-    errors: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        results = pool.map(lambda it: _decode_item(it, size), items)
-        for i, (arr, err) in enumerate(progress_bar(results, progress, total=len(items), desc="decode", leave=False)):
-            if arr is None:
-                errors[names[i]] = err or "unreadable"
-            else:
-                pixels[i], valid[i] = arr, True
+    valid, errors = decode_into(pixels, items, names, lambda it: _decode_item(it, size), progress, "decode")
     return DecodedImages(pixels, valid, errors, names)

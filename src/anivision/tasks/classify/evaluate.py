@@ -57,6 +57,7 @@ def finish_run(
         y_test = y if y is not None else labels[test_idx]
     history, best_epoch = state.history, state.tracker.best_epoch
     metrics = logits_metrics(logits, y_test, data.images.classes)
+    trainable = strategy.max_trainable_fraction(model, cfg.epochs)
     epoch_secs = [h["epoch_seconds"] for h in history]
     metrics.update({
         "n_skipped": len(data.decoded.errors),
@@ -68,8 +69,8 @@ def finish_run(
         "avg_epoch_seconds": float(np.mean(epoch_secs)) if epoch_secs else 0.0,
         "train_images_per_second": float(np.mean([h["train_images_per_second"] for h in history])) if history else 0.0,
         "params_total": count_parameters(model)[0],
-        "trainable_fraction": strategy.max_trainable_fraction(model, cfg.epochs),
-        "trainable_percent": 100.0 * strategy.max_trainable_fraction(model, cfg.epochs),
+        "trainable_fraction": trainable,
+        "trainable_percent": 100.0 * trainable,
         "backbone": cfg.backbone, "weights": cfg.weights, "strategy": cfg.strategy, "recipe": cfg.recipe,
         "img_size": dcfg.img_size, "seed": cfg.seed,
         "feature_cache": sets.kind == "features", "prefix_cache": sets.kind == "prefix",

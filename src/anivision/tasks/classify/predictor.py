@@ -9,7 +9,6 @@ comes in (a path, a PIL image or a numpy array).
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -25,7 +24,6 @@ from anivision.models.classifier import Classifier
 from anivision.tasks.classify.config import TrainConfig
 from anivision.tasks.classify.model import load_run
 
-log = logging.getLogger(__name__)
 
 
 @dataclass

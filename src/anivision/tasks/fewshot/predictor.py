@@ -8,7 +8,6 @@ picture give the same distances.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,6 @@ from anivision.models.protonet import PrototypicalNetwork
 from anivision.tasks.fewshot.evaluate import BackboneSpec, backbone_spec, build_backbone
 from anivision.tasks.fewshot.gallery import enroll_gallery, gallery_weights, load_gallery
 
-log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
 

@@ -8,7 +8,6 @@ same picture finds the same neighbours.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -24,7 +23,6 @@ from anivision.tasks.retrieval.config import RetrievalConfig, load_run_config
 from anivision.tasks.retrieval.model import load_fold_model
 from anivision.tasks.retrieval.search import GalleryIndex, build_gallery_index, pick_search_fold, search
 
-log = logging.getLogger(__name__)
 
 
 @dataclass
