@@ -131,3 +131,27 @@ def test_early_stop_is_remembered_across_resume(tmp_path):
     assert state.stopped and state.next_epoch == 2
     again = RunFolder(tmp_path, ToyConfig()).resume(model, None, BestTracker("max", patience=1))
     assert again.stopped and list(again.epochs(10)) == []
+
+
+@dataclass
+class PathConfig(RunConfig):
+    data: str = ""
+    weights: str = "none"
+
+    DATA_KEYS: ClassVar[tuple[str, ...]] = ("data",)
+    FILE_KEYS: ClassVar[tuple[str, ...]] = ("weights",)
+
+
+def test_data_and_file_keys_compare_as_locations(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "w.safetensors").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    cfg = PathConfig(data="a", weights="w.safetensors").with_absolute_paths()
+    assert cfg.data == str(tmp_path / "a") and cfg.weights == str(tmp_path / "w.safetensors")
+    assert PathConfig(weights="none").with_absolute_paths().weights == "none"  # a name stays a name
+    saved = cfg.to_dict()
+    assert PathConfig(data="./a/../a", weights="w.safetensors").differences(saved) == []  # same place, other spelling
+    assert PathConfig(data="b", weights="w.safetensors").differences(saved) == ["data"]  # both exist, differ
+    gone = dict(saved, data=str(tmp_path / "moved-away"), weights=str(tmp_path / "gone.safetensors"))
+    assert PathConfig(data="b", weights="w.safetensors").differences(gone) == ["weights"]  # data moved: fine; a file must be the same

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Mapping, TypeVar
 import yaml
 
 from anivision.errors import AnivisionError
-from anivision.files import atomic_write_json
+from anivision.files import absolute_if_file, absolute_path, atomic_write_json, same_location
 
 C = TypeVar("C", bound="RunConfig")
 
@@ -27,6 +27,11 @@ class RunConfig:
 
     #: Keys that may differ between a saved ``config.json`` and the run that reuses its folder.
     RUNTIME_KEYS: ClassVar[tuple[str, ...]] = ()
+    #: Data locations, recorded absolute: the same when they name the same place, or when the
+    #: saved place is gone (the data moved; the task checks what lies at the new place).
+    DATA_KEYS: ClassVar[tuple[str, ...]] = ()
+    #: A weights name or file (a file recorded absolute): a file must be the same file.
+    FILE_KEYS: ClassVar[tuple[str, ...]] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -83,7 +88,17 @@ class RunConfig:
             raise AnivisionError(f"{source}: unknown config key(s) {', '.join(unknown)}; this run folder was made by another anivision version")
         defaults = json.loads(json.dumps(type(self)().to_dict(), default=list))  # type: ignore[call-arg]
         new = json.loads(json.dumps(self.to_dict(), default=list))
-        return sorted(k for k in new if k not in self.RUNTIME_KEYS and old.get(k, defaults[k]) != new[k])
+        return sorted(
+            k for k in new
+            if k not in self.RUNTIME_KEYS and old.get(k, defaults[k]) != new[k]
+            and not (k in self.DATA_KEYS + self.FILE_KEYS and same_location(old.get(k), new[k], moved_ok=k in self.DATA_KEYS))
+        )
+
+    def with_absolute_paths(self: C) -> C:
+        """A copy with the data locations and a weights file absolute (what ``config.json`` records)."""
+        values = {k: absolute_path(getattr(self, k)) for k in self.DATA_KEYS if getattr(self, k)}
+        values.update({k: absolute_if_file(getattr(self, k)) for k in self.FILE_KEYS})
+        return dataclasses.replace(self, **values)  # type: ignore[type-var]
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a resumed run) sees the old file or the new one, never half.
+"""Atomic file writes (a reader, or a resumed run, sees the old file or the new one, never half),
+and the paths a run records (absolute, compared as locations).
 
 Every file anivision writes into a run folder, a cache or a report goes through these: the text
 is written to a temporary name beside the target and renamed over it (``os.replace`` is atomic
@@ -47,3 +48,37 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ------------------------------------------------------------- recorded paths
+
+
+def absolute_path(path: str | Path) -> str:
+    """``path`` made absolute against the working directory (``~`` expanded, ``..`` folded).
+
+    Symbolic links are kept as given (the path the user chose is the one recorded).
+    """
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def same_location(old: str | None, new: str | None, moved_ok: bool = True) -> bool:
+    """The same-run rule for a path saved in a run's config.
+
+    True when ``old`` (as saved; a relative one, saved by an older anivision, is taken from the
+    working directory) and ``new`` name the same file or folder, or, with ``moved_ok``, when
+    ``old`` is not there any more: the data moved, and the run checks what lies at the new
+    place by content instead (a classification run by the sha1 of every image).
+    """
+    if not old or not new:
+        return not old and not new
+    a, b = absolute_path(old), absolute_path(new)
+    if a == b:
+        return True
+    if not os.path.exists(a):
+        return moved_ok
+    return os.path.exists(b) and os.path.samefile(a, b)
+
+
+def absolute_if_file(value: str) -> str:
+    """A weights value: an existing file's path made absolute; a name (``none``, ``imagenet``...) as is."""
+    return absolute_path(value) if value and os.path.isfile(value) else value

@@ -4,7 +4,7 @@ Where data lies: a run records the paths it was given as absolute paths
 (:func:`absolute_path`), so that it works from any working directory, and finds its images
 under a *data root* (:func:`data_root`: a dataset folder itself, or a CSV manifest's folder;
 :func:`common_root` when there is no such folder). When data moves, the run is told the new
-root and finds each image at the same place relative to it. :func:`same_location` is the
+root and finds each image at the same place relative to it. :func:`~anivision.files.same_location` is the
 same-run rule for such a path.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from anivision.data.images import IMAGE_EXTENSIONS, is_image_file
 from anivision.errors import AnivisionError
+from anivision.files import absolute_path
 
 log = logging.getLogger(__name__)
 
@@ -213,14 +214,6 @@ def expand_inputs(inputs: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------- where data lies
 
 
-def absolute_path(path: str | Path) -> str:
-    """``path`` made absolute against the working directory (``~`` expanded, ``..`` folded).
-
-    Symbolic links are kept as given (the path the user chose is the one recorded).
-    """
-    return os.path.abspath(os.path.expanduser(str(path)))
-
-
 def data_root(data: str | Path) -> str:
     """The folder images of ``data`` are found under: a dataset folder itself, or a manifest's folder."""
     p = absolute_path(data)
@@ -253,26 +246,3 @@ def images_root(paths: list[str], data: str | Path | None = None) -> str:
 def reroot(path: str, old_root: str, new_root: str) -> str:
     """``path`` moved from under ``old_root`` to the same place under ``new_root``."""
     return os.path.join(absolute_path(new_root), os.path.relpath(absolute_path(path), absolute_path(old_root)))
-
-
-def same_location(old: str | None, new: str | None, moved_ok: bool = True) -> bool:
-    """The same-run rule for a path saved in a run's config.
-
-    True when ``old`` (as saved; a relative one, saved by an older anivision, is taken from the
-    working directory) and ``new`` name the same file or folder, or, with ``moved_ok``, when
-    ``old`` is not there any more: the data moved, and the run checks what lies at the new
-    place by content instead (a classification run by the sha1 of every image).
-    """
-    if not old or not new:
-        return not old and not new
-    a, b = absolute_path(old), absolute_path(new)
-    if a == b:
-        return True
-    if not os.path.exists(a):
-        return moved_ok
-    return os.path.exists(b) and os.path.samefile(a, b)
-
-
-def absolute_if_file(value: str) -> str:
-    """A weights value: an existing file's path made absolute; a name (``none``, ``imagenet``...) as is."""
-    return absolute_path(value) if value and os.path.isfile(value) else value

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from anivision.data.folder import LabeledImages, absolute_path, check_unique_rows, common_root, reroot
+from anivision.data.folder import LabeledImages, check_unique_rows, common_root, reroot
 from anivision.errors import AnivisionError
+from anivision.files import absolute_path
 
 #: Named presets from the studies anivision reproduces.
 SPLIT_PRESETS: dict[str, tuple[float, float, float]] = {

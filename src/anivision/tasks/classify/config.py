@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 from anivision.config import RunConfig, read_yaml_mapping
-from anivision.data.folder import absolute_if_file, absolute_path, same_location
+from anivision.files import absolute_path
 from anivision.data.transforms import AugmentConfig
 from anivision.errors import AnivisionError
 from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
@@ -163,8 +163,8 @@ class TrainConfig(RunConfig):
     #: Keys that may differ when a run folder is resumed or reused: they do not change results
     #: (``out``: a run folder may be moved, or cells of separate grids merged into one folder).
     RUNTIME_KEYS: ClassVar[tuple[str, ...]] = ("device", "workers", "cache_dir", "out")
-    #: Keys naming where the data lies: compared as locations (see :meth:`differences`).
     DATA_KEYS: ClassVar[tuple[str, ...]] = ("data", "split")
+    FILE_KEYS: ClassVar[tuple[str, ...]] = ("weights",)
 
     def validate(self, from_yaml: "set[str] | frozenset[str]" = frozenset(), source: str = "") -> None:
         """Refuse values no run can train with, before anything is written.
@@ -240,29 +240,11 @@ class TrainConfig(RunConfig):
                 "of a class in later runs; choose an output folder outside the data"
             )
 
-    def with_absolute_paths(self) -> "TrainConfig":
-        """A copy with ``data``, ``split`` and a ``weights`` file as absolute paths (what ``config.json`` records)."""
-        return dataclasses.replace(
-            self, data=absolute_path(self.data) if self.data else self.data,
-            split=absolute_path(self.split) if self.split else self.split, weights=absolute_if_file(self.weights),
-        )
-
     def differences(self, old: Mapping[str, Any], source: str = "config.json") -> list[str]:
-        """The same-run rule (:meth:`RunConfig.differences`), with paths compared as locations.
-
-        ``data`` and ``split`` are the same when they name the same place (a relative one saved
-        by an older anivision is taken from the working directory) or when the saved place is
-        gone: the data moved, and the run's ``split.csv`` checks the images by sha1. ``data``
-        may also be added to a run trained from ``split`` alone, to say where moved images are.
-        A ``weights`` file must be the same file.
-        """
-        def same(key: str) -> bool:
-            was, now = old.get(key), getattr(self, key)
-            if key == "data" and not was and now and self.split:
-                return True
-            return same_location(was, now, moved_ok=key in self.DATA_KEYS)
-
-        return [k for k in super().differences(old, source) if k not in (*self.DATA_KEYS, "weights") or not same(k)]
+        """The same-run rule (:meth:`RunConfig.differences`: ``data``, ``split`` and a ``weights``
+        file compared as locations; the run's ``split.csv`` checks moved images by sha1); besides,
+        ``data`` may be added to a run trained from ``split`` alone, to say where moved images are."""
+        return [k for k in super().differences(old, source) if not (k == "data" and not old.get("data") and self.data and self.split)]
 
     @classmethod
     def _coerce(cls, values: dict[str, Any]) -> dict[str, Any]:

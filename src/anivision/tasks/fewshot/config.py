@@ -9,13 +9,11 @@ still name classes of the new folder).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar
 
 from anivision.config import RunConfig
-from anivision.data.folder import absolute_if_file, absolute_path, same_location
 from anivision.data.transforms import AugmentConfig
 from anivision.errors import AnivisionError
 from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
@@ -34,6 +32,8 @@ class FewShotTrainConfig(RunConfig):
 
     #: May change when a run folder is resumed or reused: they do not change results.
     RUNTIME_KEYS: ClassVar[tuple[str, ...]] = ("device", "workers", "cache_dir", "out")
+    DATA_KEYS: ClassVar[tuple[str, ...]] = ("data",)
+    FILE_KEYS: ClassVar[tuple[str, ...]] = ("weights",)
 
     data: str = ""
     out: str = ""
@@ -69,17 +69,6 @@ class FewShotTrainConfig(RunConfig):
     workers: int = 0
     device: str | None = None
     cache_dir: str | None = None
-
-    def with_absolute_paths(self) -> "FewShotTrainConfig":
-        """A copy with ``data`` and a ``weights`` file as absolute paths (what ``config.json`` records)."""
-        return dataclasses.replace(self, data=absolute_path(self.data) if self.data else self.data, weights=absolute_if_file(self.weights))
-
-    def differences(self, old: Mapping[str, Any], source: str = "config.json") -> list[str]:
-        """The same-run rule, with ``data`` and ``weights`` compared as locations (module docstring)."""
-        return [
-            k for k in super().differences(old, source)
-            if k not in ("data", "weights") or not same_location(old.get(k), getattr(self, k), moved_ok=k == "data")
-        ]
 
     def validate(self) -> None:
         """Raise AnivisionError for values no run can use."""

@@ -27,11 +27,11 @@ import numpy as np
 from torch import nn
 
 from anivision.data.cache import default_cache_dir
-from anivision.data.folder import LabeledImages, absolute_path, load_labeled, same_location
+from anivision.data.folder import LabeledImages, load_labeled
 from anivision.data.transforms import DataConfig
 from anivision.embeddings import embed_paths, pick_device
 from anivision.errors import AnivisionError
-from anivision.files import atomic_write_json, atomic_write_text
+from anivision.files import absolute_path, atomic_write_json, atomic_write_text, same_location
 from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, create_backbone, data_config
 from anivision.models.protonet import check_distance
 from anivision.reports.fewshot import class_list, grid_markdown

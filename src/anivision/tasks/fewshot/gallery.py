@@ -30,11 +30,11 @@ from torch import nn
 from safetensors.torch import load_file, save_file
 
 from anivision.data.cache import default_cache_dir
-from anivision.data.folder import absolute_path, scan_class_folders
+from anivision.data.folder import scan_class_folders
 from anivision.embeddings import embed_paths, model_fingerprint
 from anivision.engine.checkpoint import save_weights
 from anivision.errors import AnivisionError
-from anivision.files import atomic_write_json
+from anivision.files import absolute_path, atomic_write_json
 from anivision.models.backbone import LITE0_WEIGHTS
 from anivision.models.protonet import PrototypicalNetwork, check_distance, episode_distances
 from anivision.tasks.fewshot.evaluate import BackboneSpec, build_backbone

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from anivision.data.folder import absolute_path
+from anivision.files import absolute_path
 from anivision.data.reid import DEFAULT_FOLDS, DEFAULT_QUERY_RATIO, Fold, ReidImages, make_folds
 from anivision.data.transforms import DataConfig
 from anivision.embeddings import embed_paths, pick_device
