@@ -17,14 +17,15 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "anivision"
 
 #: Bottom to top. The first dotted part below ``anivision`` picks the layer.
 LAYERS: list[set[str]] = [
-    {"errors", "files", "config", "version", "progress"},
+    {"errors", "files", "config", "version", "progress", "extras"},
     {"data"},
-    {"models", "metrics"},
-    {"reports", "strategies"},
-    {"engine"},
+    {"models", "metrics", "index"},
+    {"reports", "strategies", "explain"},
+    {"engine", "deploy"},
     {"embeddings"},
     {"tasks"},
     {"api"},
+    {"web"},
     {"commands"},
     {"cli"},
     {"__init__"},
