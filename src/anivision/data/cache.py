@@ -11,27 +11,33 @@ counted exactly once, before training starts, so an epoch can never crash on a b
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import BinaryIO, Callable, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
 
 from anivision.data.images import load_image
 from anivision.errors import AnivisionError
+from anivision.files import atomic_write_json, remove_quietly, replacing, sweep_temp_files
 from anivision.progress import progress_bar
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+#: The most decoding threads by default (memory grows with each image decoded at once).
+MAX_DECODE_WORKERS = 4
+
+CACHE_VERSION = 2  # 2: meta with checksums (a version-1 cache is rebuilt once)
 
 
 def default_cache_dir() -> Path:
@@ -95,7 +101,7 @@ class DecodedImages:
 def decode_file(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
     """One image file as (size, size, 3) uint8, or (None, one-line reason) when it is unreadable."""
     try:
-        return resize_square(load_image(path), size), None
+        return resize_square(load_image(path, min_side=size), size), None
     except AnivisionError as exc:
         return None, str(exc)
     except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not stop the run
@@ -114,14 +120,24 @@ def decode_into(
     """
     valid = np.zeros(len(items), dtype=bool)
     errors: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers or default_decode_workers())
+    try:
         results = pool.map(decode, items, chunksize=1)
         for i, (img, err) in enumerate(progress_bar(results, progress, total=len(items), desc=desc, leave=False)):
             if img is None:
                 errors[names[i]] = err or "unreadable"
             else:
                 pixels[i], valid[i] = img, True
+    finally:
+        # On Ctrl-C or an error, drop the images not started yet instead of decoding them all first.
+        pool.shutdown(wait=True, cancel_futures=True)
     return valid, errors
+
+
+def default_decode_workers() -> int:
+    """Decoding threads: at most 4 (each may hold a large image being decoded; more threads add
+    memory, not speed, once the disk or the CPU is busy)."""
+    return max(1, min(MAX_DECODE_WORKERS, os.cpu_count() or 1))
 
 
 def decode_images(
@@ -133,48 +149,166 @@ def decode_images(
 ) -> DecodedImages:
     """Decode ``paths`` to (N, size, size, 3) uint8, reusing an on-disk cache when it is current.
 
+    A cache on disk is verified before use (:func:`load_cache`: the meta file parses and matches
+    its checksum, the array file has the expected size and header, sampled rows match their
+    checksum); a damaged one is rebuilt with a warning naming the file. Before a new cache is
+    written, the free space is checked and the file is allocated in full, so a full disk is a
+    one-line error instead of a crash (SIGBUS) halfway through decoding.
+
     Args:
         paths: image files.
         size: side of the stored square images.
         cache_dir: where cache files live; ``None`` keeps everything in memory (no disk cache).
-        workers: decoding threads (PIL releases the GIL while decoding); default: CPU count.
+        workers: decoding threads (PIL releases the GIL while decoding); default:
+            :func:`default_decode_workers`.
         progress: show a progress bar.
 
     Returns:
         The decoded images. Invalid images are zero-filled and marked in ``valid``; each is
         logged as a warning with its reason.
+
+    Raises:
+        AnivisionError: not enough free space for the cache (naming the folder and the bytes).
     """
-    key = hashlib.sha1(f"v{CACHE_VERSION}:{size}:{files_fingerprint(paths)}".encode()).hexdigest()[:20]
-    arr_path = meta_path = None
-    if cache_dir is not None:
-        cdir = Path(cache_dir) / "images"
-        cdir.mkdir(parents=True, exist_ok=True)
-        arr_path, meta_path = cdir / f"{key}.npy", cdir / f"{key}.json"
-        if arr_path.exists() and meta_path.exists():
-            meta = json.loads(meta_path.read_text())
-            pixels = np.load(arr_path, mmap_mode="r")
-            if pixels.shape == (len(paths), size, size, 3):
-                valid = np.asarray(meta["valid"], dtype=bool)
-                errors = dict(meta["errors"])
-                _report_errors(errors)
-                return DecodedImages(pixels, valid, errors, list(paths))
     n = len(paths)
-    if arr_path is not None:
-        tmp = arr_path.with_name(arr_path.name + f".{os.getpid()}.tmp")
-        pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-    else:
+    if cache_dir is None:
         pixels = np.zeros((n, size, size, 3), dtype=np.uint8)
-    valid, errors = decode_into(pixels, paths, paths, lambda p: decode_file(p, size), progress, f"decode {size}px", workers)
-    _report_errors(errors)
-    if arr_path is not None and meta_path is not None:
-        pixels.flush()  # type: ignore[union-attr]
+        valid, errors = decode_into(pixels, paths, paths, lambda p: decode_file(p, size), progress, f"decode {size}px", workers)
+        _report_errors(errors)
+        return DecodedImages(pixels, valid, errors, list(paths))
+    key = hashlib.sha1(f"v{CACHE_VERSION}:{size}:{files_fingerprint(paths)}".encode()).hexdigest()[:20]
+    cdir = Path(cache_dir) / "images"
+    cdir.mkdir(parents=True, exist_ok=True)
+    sweep_temp_files(cdir)  # what a killed process left half-written
+    arr_path, meta_path = cdir / f"{key}.npy", cdir / f"{key}.json"
+    cached = load_cache(arr_path, meta_path, n, size)
+    if cached is not None:
+        pixels, meta = cached
+        errors = dict(meta["errors"])
+        _report_errors(errors)
+        return DecodedImages(pixels, np.asarray(meta["valid"], dtype=bool), errors, list(paths))
+    check_free_space(cdir, cache_bytes(n, size))
+    with replacing(arr_path) as tmp:
+        pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        allocate(tmp)
+        valid, errors = decode_into(pixels, paths, paths, lambda p: decode_file(p, size), progress, f"decode {size}px", workers)
+        pixels.flush()
         del pixels
-        os.replace(tmp, arr_path)
-        tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
-        tmp_meta.write_text(json.dumps({"size": size, "n": n, "valid": valid.tolist(), "errors": errors}))
-        os.replace(tmp_meta, meta_path)
+        checksum, nbytes = sample_checksum(tmp, n, size), tmp.stat().st_size
+    _report_errors(errors)
+    meta = {"size": size, "n": n, "valid": valid.tolist(), "errors": errors, "bytes": nbytes, "checksum": checksum}
+    atomic_write_json(meta_path, {**meta, "meta_sha1": _meta_sha1(meta)})
+    return DecodedImages(np.load(arr_path, mmap_mode="r"), valid, errors, list(paths))
+
+
+# ----------------------------------------------------------------------------- cache files
+
+
+def cache_bytes(n: int, size: int) -> int:
+    """Bytes of the ``.npy`` file of ``n`` images at ``size`` px, header included (at most 4 KB)."""
+    return n * size * size * 3 + NPY_HEADER_MAX
+
+
+#: An upper bound of a ``.npy`` header (numpy pads it to 64 bytes, or 4 KB at most).
+NPY_HEADER_MAX = 4096
+
+
+def _data_offset(fh: BinaryIO) -> int:
+    """Where the pixels of an open ``.npy`` file start (its header read and checked)."""
+    major, _ = np.lib.format.read_magic(fh)
+    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    read(fh)
+    return fh.tell()
+
+
+def check_free_space(folder: Path, need: int) -> None:
+    """Refuse to start a cache file that the disk cannot hold (a sparse file would die with SIGBUS).
+
+    Raises:
+        AnivisionError: naming the folder, the bytes needed and the bytes free.
+    """
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # the file system does not say: the allocation below still fails cleanly
+    if need > free:
+        raise AnivisionError(
+            f"{folder}: the decoded-image cache needs {_size_text(need)} ({need} bytes) but only {_size_text(free)} "
+            f"({free} bytes) is free; free some space, point --cache-dir (or $ANIVISION_CACHE) at a larger disk, or lower --img-size"
+        )
+
+
+def allocate(path: Path) -> None:
+    """Reserve the whole file on disk now, so a full disk fails here (ENOSPC) and not as SIGBUS
+    when a page of the memory map is first written. A file system without ``fallocate`` is left sparse."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise AnivisionError(f"{path.parent}: no space left for the decoded-image cache ({_size_text(os.fstat(fh.fileno()).st_size)}); "
+                                     "free some space or point --cache-dir at a larger disk") from None
+            # EOPNOTSUPP/EINVAL: this file system cannot preallocate; the free-space check stands
+
+
+def sample_checksum(path: Path, n: int, size: int, rows: int = 32) -> str:
+    """sha1 of the ``.npy`` header and of up to ``rows`` evenly spaced images (cheap at any N):
+    a garbled or overwritten file of the right size is caught without reading all of it."""
+    h = hashlib.sha1()
+    row = size * size * 3
+    with open(path, "rb") as fh:
+        header = _data_offset(fh)
+        fh.seek(0)
+        h.update(fh.read(header))
+        for i in sorted({int(i) for i in np.linspace(0, max(n - 1, 0), min(rows, n))}) if n else []:
+            fh.seek(header + i * row)
+            h.update(fh.read(row))
+    return h.hexdigest()
+
+
+def _meta_sha1(meta: dict) -> str:
+    return hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+
+
+def load_cache(arr_path: Path, meta_path: Path, n: int, size: int) -> tuple[np.ndarray, dict] | None:
+    """A verified cache (memory-mapped pixels, meta), or None when there is none or it is damaged.
+
+    A damaged cache (unreadable or edited meta, truncated or garbled array) is removed with a
+    warning naming the file, and the caller builds it again.
+    """
+    if not arr_path.exists() or not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or meta.get("meta_sha1") != _meta_sha1({k: v for k, v in meta.items() if k != "meta_sha1"}):
+            raise ValueError("meta file does not match its checksum")
+        if (meta["n"], meta["size"]) != (n, size) or len(meta["valid"]) != n:
+            raise ValueError("meta file describes another set of images")
+        actual, expected = arr_path.stat().st_size, int(meta["bytes"])
+        if actual != expected:
+            raise ValueError(f"{actual} bytes, expected {expected}")
+        if sample_checksum(arr_path, n, size) != meta["checksum"]:
+            raise ValueError("pixels or header do not match their checksum")
         pixels = np.load(arr_path, mmap_mode="r")
-    return DecodedImages(pixels, valid, errors, list(paths))
+        if pixels.shape != (n, size, size, 3) or pixels.dtype != np.uint8:
+            raise ValueError(f"array of shape {pixels.shape} and type {pixels.dtype}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning("%s: damaged decoded-image cache (%s); rebuilding it", arr_path, reason)
+        remove_quietly(arr_path)
+        remove_quietly(meta_path)
+        return None
+    return pixels, meta
+
+
+def _size_text(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
 
 
 def _report_errors(errors: dict[str, str]) -> None:

@@ -35,6 +35,8 @@ class LabeledImages:
         splits: optional split name per path (``train``/``val``/``test``) from a manifest.
         ignored: files found in class folders that are not images (listed, never silently lost).
         sha1s: the sha1 of each file's bytes, when known (a split file records them).
+        unreadable: image files found that cannot be read at all, with the reason (a dangling
+            symbolic link): listed with the images a run skips, never silently lost.
     """
 
     paths: list[str]
@@ -43,6 +45,7 @@ class LabeledImages:
     splits: list[str] | None = None
     ignored: list[str] = field(default_factory=list)
     sha1s: list[str] | None = None
+    unreadable: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -93,10 +96,15 @@ def scan_class_folders(root: str | Path, allow_empty_classes: bool = False) -> L
     labels: list[int] = []
     classes: list[str] = []
     ignored: list[str] = []
+    unreadable: dict[str, str] = {}
     for d in class_dirs:
-        files = sorted(f for f in d.rglob("*") if f.is_file() and not f.name.startswith("."))
+        found = sorted(f for f in d.rglob("*") if not f.name.startswith("."))
+        files = [f for f in found if f.is_file()]
         imgs = [f for f in files if is_image_file(f)]
         ignored.extend(str(f) for f in files if not is_image_file(f))
+        for f in found:  # a link whose target is gone is neither a file nor a folder: list it
+            if f.is_symlink() and not f.exists():
+                unreadable[str(f)] = f"{f}: dangling symbolic link (to {os.readlink(f)})"
         if not imgs:
             if allow_empty_classes:
                 continue
@@ -109,7 +117,11 @@ def scan_class_folders(root: str | Path, allow_empty_classes: bool = False) -> L
         raise AnivisionError(f"{root}: empty dataset, no images found")
     if ignored:
         log.warning("%s: ignored %d non-image file(s), e.g. %s", root, len(ignored), ignored[0])
-    return LabeledImages(paths=paths, labels=labels, classes=classes, ignored=ignored)
+    if unreadable:
+        log.warning("skipping %d dangling symbolic link(s):", len(unreadable))
+        for msg in list(unreadable.values())[:20]:
+            log.warning("  %s", msg)
+    return LabeledImages(paths=paths, labels=labels, classes=classes, ignored=ignored, unreadable=unreadable)
 
 
 def read_manifest(csv_path: str | Path, allow_duplicates: bool = False) -> LabeledImages:
@@ -128,17 +140,14 @@ def read_manifest(csv_path: str | Path, allow_duplicates: bool = False) -> Label
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise AnivisionError(f"{csv_path}: no such manifest file")
-    with open(csv_path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
-        if "path" not in cols or "label" not in cols:
-            raise AnivisionError(f"{csv_path}: manifest needs columns path,label[,split]; found {','.join(cols) or 'none'}")
-        rows, lines = [], []
-        for r in reader:
-            rows.append(r)
-            lines.append(reader.line_num)
+    cols, rows, lines = read_csv_rows(csv_path, "manifest")
+    if "path" not in cols or "label" not in cols:
+        raise AnivisionError(f"{csv_path}: manifest needs columns path,label[,split]; found {','.join(cols) or 'none'}")
     if not rows:
         raise AnivisionError(f"{csv_path}: manifest has no rows")
+    short = next((n for r, n in zip(rows, lines) if not (r.get("path") or "").strip() or not (r.get("label") or "").strip()), None)
+    if short is not None:
+        raise AnivisionError(f"{csv_path}: line {short} has no path or no label")
     base = csv_path.parent
     classes = sorted({r["label"] for r in rows})
     index = {c: i for i, c in enumerate(classes)}
@@ -152,12 +161,56 @@ def read_manifest(csv_path: str | Path, allow_duplicates: bool = False) -> Label
         blank = next((n for r, n in zip(rows, lines) if not (r.get("split") or "").strip()), None)
         if blank is not None:
             raise AnivisionError(f"{csv_path}: line {blank} has no split (every row needs train, val or test, or leave the whole column empty)")
+        check_split_names(csv_path, [r["split"] for r in rows], lines)
     return LabeledImages(
         paths=paths,
         labels=[index[r["label"]] for r in rows],
         classes=classes,
         splits=[r["split"] for r in rows] if has_split else None,
     )
+
+
+def read_csv_rows(csv_path: Path, what: str) -> tuple[list[str], list[dict[str, str]], list[int]]:
+    """The columns, rows and each row's line number of a UTF-8 CSV file.
+
+    Raises:
+        AnivisionError: the file is not UTF-8 text (naming the line), or not CSV.
+    """
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            cols = list(reader.fieldnames or [])
+            rows, lines = [], []
+            for r in reader:
+                rows.append(r)
+                lines.append(reader.line_num)
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1 if isinstance(exc.object, bytes) else "?"
+        raise AnivisionError(
+            f"{csv_path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} near line {line}); save the {what} as UTF-8"
+        ) from None
+    except csv.Error as exc:
+        raise AnivisionError(f"{csv_path}: not a readable CSV {what} ({exc})") from None
+    return cols, rows, lines
+
+
+#: The split names a manifest or split file may use.
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def check_split_names(csv_path: str | Path, splits: list[str], lines: list[int]) -> None:
+    """Refuse a split cell other than train, val or test (``TEST``, ``valid``), naming its line."""
+    for s, n in zip(splits, lines):
+        if s not in SPLIT_NAMES:
+            raise AnivisionError(f"{csv_path}: line {n}: unknown split name '{s}' (expected train, val or test)")
+
+
+def check_files_exist(csv_path: str | Path, paths: list[str]) -> None:
+    """Refuse a manifest that lists images which are not there, naming the first and the count."""
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise AnivisionError(f"{csv_path}: image {missing[0]} does not exist{more}; fix the manifest's paths (relative ones are read from its folder)")
 
 
 def check_unique_rows(csv_path: str | Path, paths: list[str], lines: list[int]) -> None:
@@ -183,7 +236,9 @@ def load_labeled(data: str | Path) -> LabeledImages:
     """Index ``data``: a class-per-folder tree, or a ``.csv`` manifest."""
     p = Path(data)
     if p.suffix.lower() == ".csv":
-        return read_manifest(p)
+        images = read_manifest(p)
+        check_files_exist(p, images.paths)
+        return images
     return scan_class_folders(p)
 
 

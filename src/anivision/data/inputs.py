@@ -17,7 +17,7 @@ from PIL import Image
 
 from anivision.data.cache import DecodedImages, decode_file, decode_into, resize_square
 from anivision.data.folder import expand_inputs
-from anivision.data.images import to_rgb
+from anivision.data.images import LARGE_PIXELS, reduce_for, to_rgb
 from anivision.errors import AnivisionError
 
 #: One image: a file path (or folder or glob pattern, which may stand for many), a PIL image of
@@ -74,6 +74,8 @@ def _decode_item(item: ImageInput, size: int) -> tuple[np.ndarray | None, str | 
     if isinstance(item, (str, os.PathLike)):
         return decode_file(os.fspath(item), size)  # the training pipeline's own decoder
     img = array_to_image(item) if isinstance(item, np.ndarray) else item
+    if img.size[0] * img.size[1] > LARGE_PIXELS:
+        img = reduce_for(img, size)  # convert a huge in-memory image after reducing it, not before
     return resize_square(to_rgb(img), size), None
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from anivision.data.folder import LabeledImages, check_unique_rows, common_root, reroot
+from anivision.data.folder import SPLIT_NAMES, LabeledImages, check_split_names, check_unique_rows, common_root, read_csv_rows, reroot
 from anivision.errors import AnivisionError
-from anivision.files import absolute_path
+from anivision.files import absolute_path, replacing
 
 #: Named presets from the studies anivision reproduces.
 SPLIT_PRESETS: dict[str, tuple[float, float, float]] = {
@@ -32,7 +32,7 @@ SPLIT_PRESETS: dict[str, tuple[float, float, float]] = {
     "72/18/10": (0.72, 0.18, 0.10),  # AniWho: 90/10, then 20% of train to validation
     "70/30": (0.70, 0.0, 0.30),  # anime-vs-selfie study: no validation split
 }
-PARTS = ("train", "val", "test")
+PARTS = SPLIT_NAMES
 
 
 def parse_ratios(text: str) -> tuple[float, float, float]:
@@ -133,8 +133,7 @@ def write_split(images: LabeledImages, splits: list[str], out_csv: str | Path, r
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     base = absolute_path(root) if root is not None else str(out_csv.parent.resolve())
-    tmp = out_csv.with_name(out_csv.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with replacing(out_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "label", "split", "sha1"] + (["root"] if root is not None else []))
         for i, (p, y, s) in enumerate(zip(images.paths, images.labels, splits)):
@@ -142,7 +141,6 @@ def write_split(images: LabeledImages, splits: list[str], out_csv: str | Path, r
             rel = os.path.relpath(full, base).replace(os.sep, "/")
             sha1 = images.sha1s[i] if images.sha1s else file_sha1(p)
             w.writerow([rel, images.classes[y], s, sha1] + ([base] if root is not None else []))
-    os.replace(tmp, out_csv)
     return out_csv
 
 
@@ -154,23 +152,18 @@ def _split_rows(split_csv: Path) -> tuple[list[dict[str, str]], list[str]]:
     """
     if not split_csv.is_file():
         raise AnivisionError(f"{split_csv}: no such split file")
-    with open(split_csv, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        cols = list(reader.fieldnames or [])
-        missing = [c for c in ("path", "label", "split") if c not in cols]
-        if missing:
-            raise AnivisionError(f"{split_csv}: split file needs columns path,label,split[,sha1]; missing {','.join(missing)}")
-        rows, lines = [], []
-        for r in reader:
-            rows.append(r)
-            lines.append(reader.line_num)
+    cols, rows, lines = read_csv_rows(split_csv, "split file")
+    missing = [c for c in ("path", "label", "split") if c not in cols]
+    if missing:
+        raise AnivisionError(f"{split_csv}: split file needs columns path,label,split[,sha1]; missing {','.join(missing)}")
     if not rows:
         raise AnivisionError(f"{split_csv}: split file has no rows")
     for r, n in zip(rows, lines):
         if not (r["split"] or "").strip():
             raise AnivisionError(f"{split_csv}: line {n} has no split (expected train, val or test)")
-        if r["split"] not in PARTS:
-            raise AnivisionError(f"{split_csv}: line {n}: unknown split name '{r['split']}' (expected train, val or test)")
+        if not (r["path"] or "").strip() or not (r["label"] or "").strip():
+            raise AnivisionError(f"{split_csv}: line {n} has no path or no label")
+    check_split_names(split_csv, [r["split"] for r in rows], lines)
     check_unique_rows(split_csv, _recorded_paths(split_csv, rows), lines)
     return rows, cols
 

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from anivision.errors import AnivisionError
-from anivision.files import atomic_write_json
+from anivision.files import atomic_write_json, read_tensors
 
 
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
@@ -40,8 +40,16 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | 
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
-    """Load safetensors weights into ``model``."""
-    model.load_state_dict(load_file(str(path)), strict=strict)
+    """Load safetensors weights into ``model``.
+
+    Raises:
+        AnivisionError: the file is missing, truncated or damaged, or holds another model's weights.
+    """
+    try:
+        model.load_state_dict(read_tensors(path), strict=strict)
+    except RuntimeError as exc:  # missing/unexpected keys or shapes: another model's file
+        first = str(exc).strip().splitlines()[0]
+        raise AnivisionError(f"{path}: these weights do not fit the model ({first})") from None
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from anivision.errors import AnivisionError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -51,10 +53,33 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local)
 
 
+def torch_device(requested: str) -> torch.device:
+    """The device ``--device`` names, checked: it exists and this machine has it.
+
+    Raises:
+        AnivisionError: not a device name, or a GPU this machine does not have.
+    """
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError, TypeError):
+        raise AnivisionError(f"--device {requested}: not a device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise AnivisionError(f"--device {requested}: this machine has no CUDA GPU that torch can use; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise AnivisionError(f"--device {requested}: this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise AnivisionError(f"--device {requested}: Apple's MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise AnivisionError(f"--device {requested}: anivision runs on cpu, cuda or mps")
+    return device
+
+
 def device_for(info: DistInfo, requested: str | None) -> torch.device:
     """One GPU per process under torchrun; otherwise ``requested`` or the default device."""
     if requested:
-        return torch.device(requested)
+        return torch_device(requested)
     if torch.cuda.is_available():
         return torch.device(f"cuda:{info.local_rank}" if info.enabled else "cuda")
     return torch.device("cpu")

@@ -43,7 +43,7 @@ from anivision.config import RunConfig
 from anivision.engine.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from anivision.engine.distributed import DistInfo, barrier
 from anivision.errors import AnivisionError
-from anivision.files import atomic_write_json, atomic_write_text
+from anivision.files import atomic_write_json, atomic_write_text, sweep_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +235,7 @@ class RunFolder:
         """
         if self.is_main:
             self._lock = _lock_folder(self.path) or self._lock
+            sweep_temp_files(self.path, recursive=True)  # half-written files of a killed earlier run
             try:
                 self.check_config(name)
             except AnivisionError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import socket
 import urllib.request
 from pathlib import Path
@@ -147,8 +148,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             sd = load_file(str(p))
         else:
             sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise AnivisionError(
+            f"{p}: holds pickled Python objects besides tensors, which anivision never unpickles; "
+            "save a plain state dict (torch.save(model.state_dict())) or a .safetensors file"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any decoding failure is the file's fault
-        raise AnivisionError(f"{p}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise AnivisionError(f"{p}: cannot read weights ({type(exc).__name__}: {first})") from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]

@@ -166,15 +166,15 @@ def _check(task: str, out: Path, n_per_class: int, size: int, seed: int, n_class
     if task not in TASKS:
         raise AnivisionError(f"unknown synth task {task!r}; expected one of {', '.join(TASKS)}")
     if n_per_class < 1:
-        raise AnivisionError(f"n-per-class must be at least 1, got {n_per_class}")
+        raise AnivisionError(f"--n-per-class must be at least 1, got {n_per_class}")
     if not MIN_SIZE <= size <= MAX_SIZE:
-        raise AnivisionError(f"size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}")
+        raise AnivisionError(f"--size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}")
     if seed < 0:
         raise AnivisionError(f"seed must be a non-negative integer, got {seed}")
     if n_classes is not None and task != "character":
         raise AnivisionError(f"n-classes applies to the character task only, not {task!r}")
     if n_classes is not None and n_classes < 1:
-        raise AnivisionError(f"n-classes must be at least 1, got {n_classes}")
+        raise AnivisionError(f"--n-classes must be at least 1, got {n_classes}")
     if task == "style" and (n_works < 1 or roles_per_work < 1):
         raise AnivisionError(f"n-works and roles-per-work must be at least 1, got {n_works} and {roles_per_work}")
     if out.exists() and not out.is_dir():
