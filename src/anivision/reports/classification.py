@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from anivision.files import atomic_write_text
 from anivision.metrics.classification import format_classification_report
+from anivision.reports.html import write_html_report
 from anivision.reports.plots import plot_confusion_matrix, plot_reliability, plot_training_curves
 
 
@@ -43,8 +44,9 @@ def write_report(
     history: list[dict[str, Any]],
     title: str,
     config: dict[str, Any] | None = None,
+    sections: Sequence[str] = (),
 ) -> Path:
-    """Write ``report.md`` with confusion matrices, reliability diagram and training curves.
+    """Write ``report.md`` (and ``report.html``) with confusion matrices, reliability diagram and training curves.
 
     Args:
         out_dir: folder for ``report.md`` and the PNGs.
@@ -54,6 +56,8 @@ def write_report(
         history: per-epoch rows (may be empty for an evaluation).
         title: heading.
         config: resolved run config to show, or None.
+        sections: more markdown lines placed before the skipped images and the configuration
+            (the misclassified-images page of :func:`~anivision.reports.mistakes.mistakes_section`).
 
     Returns:
         Path of ``report.md``.
@@ -122,17 +126,19 @@ def write_report(
         lines += [f"Most frequent confusion: **{classes[i]} → {classes[j]}** ({int(off[i, j])} images).", ""]
     lines += ["## Calibration", "", f"Expected calibration error: {_fmt(metrics['ece'], pct=True)}.", "", "![reliability diagram](reliability.png)", ""]
     if history:
-        plot_training_curves(history, out / "curves.png")
+        plot_training_curves(history, out / "curves.png", best_epoch=metrics.get("best_epoch"))
         lines += ["## Training curves", "", "![training curves](curves.png)", ""]
         cols = [c for c in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds", "train_images_per_second") if c in history[0]]
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for h in history:
             lines.append("| " + " | ".join(_fmt(h.get(c), pct=c in PERCENT_KEYS) if c != "epoch" else str(h[c]) for c in cols) + " |")
         lines.append("")
+    lines += list(sections)
     if metrics.get("skipped"):
         lines += ["## Skipped images", ""] + [f"- {p}" for p in metrics["skipped"]] + [""]
     if config:
         lines += ["## Resolved configuration", "", "```json", json.dumps(config, indent=2), "```", ""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
+    write_html_report(path)
     return path

@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (must follow matplotlib.use)
 import numpy as np  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from anivision.data.images import load_image, to_rgb  # noqa: E402
@@ -83,15 +84,15 @@ def plot_confusion_matrix(
     side = float(np.clip(0.45 * n + 2.5, 5.0, 24.0))
     fig, ax = plt.subplots(figsize=(side + 1.0, side))
     im = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else max(values.max(), 1.0))
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label("fraction of the true class" if normalize else "images")
 
     fs = _tick_fontsize(n)
     ax.set_xticks(np.arange(n))
     ax.set_yticks(np.arange(n))
     ax.set_xticklabels(classes, rotation=45, ha="right", rotation_mode="anchor", fontsize=fs)
     ax.set_yticklabels(classes, fontsize=fs)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
     ax.set_title(title or ("confusion matrix (row-normalised)" if normalize else "confusion matrix"))
 
     if n <= 40:  # beyond that the numbers cannot be read anyway
@@ -136,28 +137,32 @@ def plot_reliability(reliability: Mapping[str, Sequence[Any]], ece: float, path:
     fig, (ax, ax_count) = plt.subplots(
         2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
-    ax.bar(left[filled], acc[filled], width=width[filled], align="edge", color="#4c72b0",
-           edgecolor="black", linewidth=0.6, label="accuracy")
-    # The gap between mean confidence and accuracy is what ECE averages; hatch it.
+    # Neighbouring bins alternate two shades of blue and are separated by a white gap, so each
+    # bar reads on its own; the gap to the mean confidence (what ECE averages) is hatched orange.
+    shades = np.where(np.arange(len(left)) % 2 == 0, "#1f4e9c", "#5b8fd6")
+    ax.bar(left[filled], acc[filled], width=width[filled], align="edge", color=shades[filled],
+           edgecolor="white", linewidth=1.5, label="accuracy")
     gap_bottom = np.minimum(acc, conf)[filled]
     gap_height = np.abs(conf - acc)[filled]
     ax.bar(left[filled], gap_height, bottom=gap_bottom, width=width[filled], align="edge",
-           color="#dd8452", alpha=0.45, edgecolor="#dd8452", hatch="//", label="gap to confidence")
-    ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfect calibration")
+           color="#f4a259", alpha=0.6, edgecolor="#b3541e", linewidth=1.0, hatch="//", label="gap to mean confidence")
+    ax.plot([0, 1], [0, 1], "--", color="#333333", linewidth=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.xaxis.set_tick_params(labelbottom=True)
     ax.set_title(f"reliability diagram (ECE = {100.0 * ece:.2f}%)")
     ax.legend(loc="upper left", fontsize=8)
 
-    ax_count.bar(left, count, width=width, align="edge", color="gray", edgecolor="black",
-                 linewidth=0.6)
+    ax_count.bar(left, count, width=width, align="edge", color=np.where(np.arange(len(left)) % 2 == 0, "#555555", "#a0a0a0"),
+                 edgecolor="white", linewidth=1.5)
     ax_count.set_xlabel("confidence (top-1 probability)")
     ax_count.set_ylabel("images")
     return _save(fig, path)
 
 
-def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path, best_epoch: int | None = None) -> Path:
     """Loss and accuracy (in percent) per epoch, train and (when present) validation.
 
     Args:
@@ -165,6 +170,8 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path)
             ``val_loss``, ``val_acc``; missing or None values are skipped, so runs without a
             validation split, or validating every few epochs, plot fine.
         path: output PNG file.
+        best_epoch: the kept epoch (1-based, as in ``epoch``), marked by a dotted line on both
+            panels; None: the epoch of the lowest validation loss when there is one.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -181,14 +188,20 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path)
             ys.append(scale * float(value))
         return xs, ys
 
+    if best_epoch is None:
+        xs, ys = series("val_loss", 1.0)
+        best_epoch = xs[int(np.argmin(ys))] if xs else None
     for ax, metric, label, scale in ((ax_loss, "loss", "loss", 1.0), (ax_acc, "acc", "accuracy (%)", 100.0)):
         plotted = False
+        if best_epoch is not None and best_epoch > 0:
+            ax.axvline(best_epoch, color="#2ca02c", linestyle=":", linewidth=1.5, label=f"best epoch ({best_epoch})")
         for split, style in (("train", "-o"), ("val", "-s")):
             xs, ys = series(f"{split}_{metric}", scale)
             if xs:
                 ax.plot(xs, ys, style, markersize=3, label=split)
                 plotted = True
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         if plotted:
@@ -210,6 +223,7 @@ def plot_heatmap(
     center: float = 0.0,
     xlabel: str | None = None,
     ylabel: str | None = None,
+    value_label: str | None = None,
 ) -> Path:
     """Annotated heatmap on a diverging colour map centred on ``center``.
 
@@ -228,6 +242,7 @@ def plot_heatmap(
         center: the value drawn white.
         xlabel: name of what the columns are (e.g. "strategy"), or None.
         ylabel: name of what the rows are (e.g. "backbone"), or None.
+        value_label: what the colours mean, on the colour bar (e.g. "accuracy gain (points)").
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -249,7 +264,9 @@ def plot_heatmap(
     height = float(np.clip(0.7 * n_rows + 1.2, 2.4, 20.0))
     fig, ax = plt.subplots(figsize=(width, height))
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="auto")
-    fig.colorbar(im, ax=ax, fraction=0.046 if n_cols > 2 else 0.1, pad=0.04)
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046 if n_cols > 2 else 0.1, pad=0.04)
+    if value_label:
+        cbar.set_label(value_label)
     ax.set_xticks(np.arange(n_cols))
     ax.set_yticks(np.arange(n_rows))
     ax.set_xticklabels(col_labels, rotation=30 if n_cols > 3 else 0, ha="right" if n_cols > 3 else "center",
@@ -286,6 +303,7 @@ def plot_bars_with_errors(
     ylabel: str,
     title: str,
     fmt: str = "{:.3g}",
+    xlabel: str | None = None,
 ) -> Path:
     """Bar chart of means with symmetric error bars (e.g. mean +- 95% CI over seeds).
 
@@ -298,6 +316,7 @@ def plot_bars_with_errors(
         ylabel: y-axis label, with its unit.
         title: figure title.
         fmt: ``str.format`` pattern of the value written above each bar (``"{:.2f}"`` for percent).
+        xlabel: what the bars are (e.g. "backbone / strategy"), or None.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -323,6 +342,8 @@ def plot_bars_with_errors(
                        ha="right" if long_labels else "center", rotation_mode="anchor",
                        fontsize=_tick_fontsize(n))
     ax.set_ylabel(ylabel)
+    if xlabel:
+        ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
     ax.set_axisbelow(True)
@@ -330,27 +351,31 @@ def plot_bars_with_errors(
     return _save(fig, path)
 
 
-def plot_cmc(cmc_curves: Mapping[str, np.ndarray], path: str | Path, title: str = "CMC") -> Path:
+def plot_cmc(cmc_curves: Mapping[str, np.ndarray], path: str | Path, title: str = "CMC", max_rank: int | None = None) -> Path:
     """Cumulative matching characteristic curves of one or more retrieval runs.
 
     Args:
         cmc_curves: name -> (max_rank,) CMC values in [0, 1] (``retrieval_metrics()["cmc"]``).
         path: output PNG file.
         title: figure title.
+        max_rank: the gallery size: curves are cut there (beyond it every query has matched or
+            cannot), so the x-axis is never longer than the gallery.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    longest = 1
     for name, curve in cmc_curves.items():
-        curve = np.asarray(curve, dtype=np.float64)
+        curve = np.asarray(curve, dtype=np.float64)[: max_rank if max_rank else None]
+        longest = max(longest, curve.size)
         ranks = np.arange(1, curve.size + 1)
         ax.plot(ranks, 100.0 * curve, marker="o" if curve.size <= 20 else None, markersize=3,
                 label=f"{name} (R1 {100.0 * curve[0]:.2f}%)")
     ax.set_xlabel("rank")
     ax.set_ylabel("matching rate (%)")
     ax.set_ylim(0, 100)
-    ax.set_xlim(left=1)
+    ax.set_xlim(1, max(longest, 2))
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if cmc_curves:

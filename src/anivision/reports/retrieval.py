@@ -16,6 +16,7 @@ import numpy as np
 
 from anivision.errors import AnivisionError
 from anivision.files import atomic_write_text
+from anivision.reports.html import write_html_report
 from anivision.reports.plots import plot_cmc, plot_image_grid, plot_training_curves
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ def _cmc_section(out_dir: Path, summary: dict[str, Any]) -> list[str]:
     curves = {f"fold {r['fold']}": np.asarray(r["cmc"]) for r in summary["folds"]}
     if len(curves) > 1:
         curves["mean"] = np.asarray(summary["cmc_mean"])
-    plot_cmc(curves, out_dir / "cmc.png", title=f"CMC, {summary['model']['backbone']} ({summary['kind']})")
+    gallery = max((int(r.get("n_gallery") or 0) for r in summary["folds"]), default=0) or None
+    plot_cmc(curves, out_dir / "cmc.png", title=f"CMC, {summary['model']['backbone']} ({summary['kind']})", max_rank=gallery)
     return ["![CMC curve](cmc.png)", ""]
 
 
@@ -128,4 +130,5 @@ def write_report(out_dir: str | Path, summary: dict[str, Any]) -> Path:
     lines += _per_work_section(summary)
     path = out_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
+    write_html_report(path)
     return path

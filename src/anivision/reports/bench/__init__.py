@@ -51,6 +51,7 @@ from anivision.reports.bench.tables import (
     write_results_csv,
     write_table,
 )
+from anivision.reports.html import write_html_report
 from anivision.reports.plots import plot_bars_with_errors, plot_heatmap
 
 __all__ = [
@@ -133,12 +134,12 @@ def write_bench_report(out: str | Path, rows: Sequence[Mapping[str, Any]]) -> Pa
     if gain.size and np.isfinite(gain).any():
         plot_heatmap(gain, gain_rows, gain_cols, out / "heatmap.png",
                      title=f"accuracy gain over linear probe (pp, {_seeds_phrase(done)})", fmt="{:+.2f}",
-                     xlabel="strategy", ylabel="backbone")
+                     xlabel="strategy", ylabel="backbone", value_label="test accuracy gain over linear probe (points)")
         files.append("heatmap.png")
     if done:
         plot_bars_with_errors([f"{c.backbone} / {c.strategy}" for c in done], [c.acc_mean for c in done],
                               [c.acc_ci for c in done], out / "bars.png", ylabel="test accuracy (%)",
-                              title=_bars_title(done), fmt="{:.2f}")
+                              title=_bars_title(done), fmt="{:.2f}", xlabel="backbone / strategy")
         files.append("bars.png")
 
     n_failed = sum(r.get("status") != "ok" for r in rows)
@@ -198,4 +199,5 @@ def write_bench_report(out: str | Path, rows: Sequence[Mapping[str, Any]]) -> Pa
         lines += [f"Peak memory (RSS) of the bench process: {rss:.0f} MiB.", ""]
     path = out / "bench.md"
     atomic_write_text(path, "\n".join(lines))
+    write_html_report(path)
     return path
