@@ -2,7 +2,9 @@
 
 Detection uses OpenCV's ``CascadeClassifier`` with nagadomi's LBP anime-face cascade
 (``lbpcascade_animeface.xml``, MIT licence, shipped in this package with its licence header).
-OpenCV 5 dropped LBP cascades, so this needs OpenCV 4.x.
+OpenCV 5 dropped LBP cascades, so this needs OpenCV 4.x. The learned detector (the CLI's
+default) lives in :mod:`anivision.tasks.faces` and has the same ``detect`` protocol; pass it as
+``detector`` (``crop_faces``'s own default stays the cascade, as this layer cannot load it).
 
 :func:`crop_faces` walks a folder, keeps its sub-folder layout in the output (a class-per-folder
 dataset stays one), writes ``<stem>_face<i>.jpg`` per face (``i`` from 0, best score first),
@@ -54,7 +56,10 @@ class Box:
 
 
 class FaceDetector(Protocol):
-    """Anything with ``detect(grey) -> list[Box]``; tests inject stubs with this shape."""
+    """Anything with ``detect(grey) -> list[Box]``; tests inject stubs with this shape.
+
+    A detector with a true ``colour`` attribute (the learned one) is given (H, W, 3) RGB instead.
+    """
 
     def detect(self, grey: np.ndarray) -> list[Box]:
         """Faces in a (H, W) uint8 greyscale image."""
@@ -116,7 +121,7 @@ class CascadeDetector:
         try:
             cascade = cv2.CascadeClassifier(str(p))
             ok = not cascade.empty()
-        except cv2.error:
+        except (cv2.error, SystemError):  # a malformed XML makes OpenCV's binding raise SystemError
             ok = False
         if not ok:
             hint = " (OpenCV 5 dropped LBP cascades: use opencv-python-headless 4.x)" if cv2.__version__.startswith("5") else ""
@@ -145,8 +150,9 @@ def detect_faces(img: Image.Image, detector: Any, max_side: int | None = 2048) -
 
     Args:
         img: image in any mode.
-        detector: a :class:`CascadeDetector` (or anything with ``detect(grey) -> list[Box]``),
-            or a raw ``cv2.CascadeClassifier`` (used with the default settings).
+        detector: a :class:`CascadeDetector` (or anything with ``detect(grey) -> list[Box]``;
+            given RGB when its ``colour`` attribute is true, as the learned detector's of
+            :func:`anivision.tasks.faces.load_detector`), or a raw ``cv2.CascadeClassifier``.
         max_side: images larger than this are searched at a reduced size (boxes are scaled
             back), which keeps a 6000 px scan from taking many seconds; None searches at full size.
 
@@ -155,14 +161,13 @@ def detect_faces(img: Image.Image, detector: Any, max_side: int | None = 2048) -
     """
     if not hasattr(detector, "detect") and hasattr(detector, "detectMultiScale3"):
         detector = CascadeDetector(detector)
-    grey_img = img.convert("L")
+    # Detectors that read colour say so (``colour = True``); cascades get greyscale.
+    search = img.convert("RGB") if getattr(detector, "colour", False) else img.convert("L")
     scale = 1.0
-    if max_side is not None and max(grey_img.size) > max_side:
-        scale = max(grey_img.size) / max_side
-        grey_img = grey_img.resize(
-            (max(1, round(grey_img.width / scale)), max(1, round(grey_img.height / scale))), Image.Resampling.BOX
-        )
-    boxes = detector.detect(np.asarray(grey_img))
+    if max_side is not None and max(search.size) > max_side:
+        scale = max(search.size) / max_side
+        search = search.resize((max(1, round(search.width / scale)), max(1, round(search.height / scale))), Image.Resampling.BOX)
+    boxes = detector.detect(np.asarray(search))
     if scale != 1.0:
         boxes = [Box(round(b.x * scale), round(b.y * scale), round(b.w * scale), round(b.h * scale), b.score) for b in boxes]
     return sorted(boxes, key=lambda b: (-b.score, b.y, b.x))
