@@ -64,7 +64,8 @@ def crop_fraction(img: Image.Image, left: float, top: float, right: float, botto
 def pair_found(a: Image.Image, b: Image.Image) -> bool:
     ha, hb = perceptual_hashes(a), perceptual_hashes(b)
     pairs, _ = near_duplicate_pairs(
-        np.stack([ha.phash, hb.phash]), np.stack([ha.dhash, hb.dhash]), np.stack([ha.signature, hb.signature])
+        np.stack([ha.phash, hb.phash]), np.stack([ha.dhash, hb.dhash]), np.stack([ha.signature, hb.signature]),
+        thumbs=np.stack([ha.thumb, hb.thumb]), chroma=np.stack([ha.chroma, hb.chroma]),
     )
     return len(pairs) == 1
 
@@ -98,6 +99,7 @@ def test_hashes_are_stable_64_bit_ints_and_mode_independent() -> None:
     assert phash(img.convert("L")) == phash(img)  # greyscale input hashes alike
     h = perceptual_hashes(img)
     assert h.phash.shape == (16,) and h.dhash.shape == (16,) and h.signature.shape == (16, 63)
+    assert h.thumb.shape == (64, 64) and h.thumb.dtype == np.uint8
     assert int(h.phash[0]) == phash(img)
     assert np.allclose(np.linalg.norm(h.signature, axis=1), 1.0, atol=1e-5)
 
@@ -127,10 +129,11 @@ def test_near_copies_are_found(make_copy) -> None:
 def test_distinct_images_are_not_paired() -> None:
     imgs = [pattern(seed) for seed in range(40)]
     hs = [perceptual_hashes(im) for im in imgs]
-    pairs, _ = near_duplicate_pairs(
-        np.stack([h.phash for h in hs]), np.stack([h.dhash for h in hs]), np.stack([h.signature for h in hs])
-    )
-    assert pairs.tolist() == []
+    for thumbs in (None, np.stack([h.thumb for h in hs])):
+        pairs, _ = near_duplicate_pairs(
+            np.stack([h.phash for h in hs]), np.stack([h.dhash for h in hs]), np.stack([h.signature for h in hs]), thumbs=thumbs
+        )
+        assert pairs.tolist() == []
 
 
 def test_near_duplicate_pairs_match_naive_loop() -> None:

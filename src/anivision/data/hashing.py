@@ -16,6 +16,13 @@ of every image with the full frame of every other image (XOR + population count 
 keeps pairs close in both pHash and dHash, and confirms them by the correlation of the DCT
 coefficients themselves, which removes look-alike drawings the binary hashes let through.
 
+Low frequencies still pass two *different* pictures that share their layout: synthetic faces of
+one generator (same framing, plain backgrounds) and fan-art of one character correlate up to
+~0.95 at 8x8 DCT coefficients. The last test, :func:`local_difference`, compares the matched
+window and frame as 64x64 grey thumbnails, normalised for brightness and contrast, tolerant to
+a one-pixel shift (what the 0/5 % windows leave of a crop), and keeps the pair only when no
+8x8 block differs much: a copy differs a little everywhere, another picture a lot somewhere.
+
 Images are resampled with exact area averaging written as matrices (``R_y @ x @ R_x.T``), so
 the 16 windows of an image cost a few small matrix products rather than 32 PIL resizes.
 """
@@ -37,7 +44,9 @@ __all__ = [
     "PHASH_THRESHOLD",
     "DHASH_THRESHOLD",
     "MIN_CORRELATION",
+    "MAX_LOCAL_DIFFERENCE",
     "PerceptualHashes",
+    "local_difference",
     "perceptual_hashes",
     "phash",
     "dhash",
@@ -57,6 +66,11 @@ PHASH_THRESHOLD: int = 10
 DHASH_THRESHOLD: int = 12
 #: Smallest correlation of the 63 low-frequency DCT coefficients that confirms a pair.
 MIN_CORRELATION: float = 0.92
+#: Largest :func:`local_difference` of a pair: the largest value that leaves no label conflict
+#: on ``anivision synth`` output (different faces of one generator reach 0.55); on the pair
+#: benchmark (``benchmarks/dupe_pairs.py``, RESULTS.md) it keeps recall at 0.96 with no false
+#: pair; recoloured copies whose highlights clip are the copies it misses.
+MAX_LOCAL_DIFFERENCE: float = 0.5
 
 _CUT = 0.05  # "lightly cropped": up to ~5 % of the width/height off any side
 _AXIS_CUTS = ((0.0, 0.0), (_CUT, 0.0), (0.0, _CUT), (_CUT, _CUT))
@@ -72,6 +86,10 @@ _DCT_IN = 32  # pHash resamples to 32 x 32 before the DCT
 # Images are first reduced by an integer factor (exact box averaging) to a shorter side of
 # 64-127 px: the 32 px hash loses nothing and the matrix work drops ~4x for 128 px images.
 _WORK_SIDE = 64
+_THUMB = 64  # side of the grey thumbnail kept per image for the local-difference test
+_BLOCK = 8  # local-difference blocks: 8x8 thumbnail pixels (1/64 of the picture)
+_CHROMA = 32  # side of the colour (Cb, Cr) thumbnails: colour needs less resolution
+_CHROMA_FLOOR = 8.0  # smallest chroma spread standardised to 1: near-grey pictures keep small differences
 
 
 class PerceptualHashes(NamedTuple):
@@ -82,11 +100,17 @@ class PerceptualHashes(NamedTuple):
         dhash: (K,) uint64 dHash of each window.
         signature: (K, 63) float32 low-frequency DCT coefficients (DC dropped) of each window,
             centred and scaled to unit length so that a dot product is a correlation.
+        thumb: (64, 64) uint8 grey thumbnail of the full frame (area-averaged), for
+            :func:`local_difference`.
+        chroma: (2, 32, 32) uint8 Cb and Cr thumbnails of the full frame (YCbCr), for the
+            colour part of :func:`local_difference`.
     """
 
     phash: np.ndarray
     dhash: np.ndarray
     signature: np.ndarray
+    thumb: np.ndarray
+    chroma: np.ndarray
 
 
 @lru_cache(maxsize=4)
@@ -180,7 +204,99 @@ def perceptual_hashes(
     dbits = (grid[:, :, 1:] > grid[:, :, :-1]).reshape(k, _HASH * _HASH)
     sig = ac - ac.mean(axis=1, keepdims=True)
     sig /= np.maximum(np.linalg.norm(sig, axis=1, keepdims=True), 1e-9)  # flat image: all zeros
-    return PerceptualHashes(_pack(bits), _pack(dbits), sig.astype(np.float32))
+    thumb = _area_matrix(_THUMB, x.shape[0], 0, x.shape[0]) @ x @ _area_matrix(_THUMB, x.shape[1], 0, x.shape[1]).T
+    return PerceptualHashes(_pack(bits), _pack(dbits), sig.astype(np.float32), _to_uint8(thumb), _chroma(img))
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def _chroma(img: Image.Image | np.ndarray) -> np.ndarray:
+    """(2, 32, 32) uint8 Cb, Cr thumbnails (128: no colour) of the full frame."""
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    ycc = img.convert("RGB").convert("YCbCr")
+    factor = min(ycc.size) // _WORK_SIDE
+    if factor >= 2:
+        ycc = ycc.reduce(factor)
+    c = np.asarray(ycc, dtype=np.float64)[..., 1:]
+    ry, rx = _area_matrix(_CHROMA, c.shape[0], 0, c.shape[0]), _area_matrix(_CHROMA, c.shape[1], 0, c.shape[1])
+    return _to_uint8(np.stack([ry @ c[..., k] @ rx.T for k in range(2)]))
+
+
+def _standardise(x: np.ndarray, floor: float = 1.0) -> np.ndarray:
+    """Each (T, T) image of a (P, T, T) stack to zero mean and unit variance (a spread below
+    ``floor`` counts as ``floor``: flat images stay near zero)."""
+    x = x - x.mean(axis=(1, 2), keepdims=True)
+    return x / np.maximum(x.std(axis=(1, 2), keepdims=True), floor)
+
+
+def _block_difference(a: np.ndarray, b: np.ndarray, windows: np.ndarray, floor: float) -> np.ndarray:
+    """Largest 8x8-grid block mean of the shift-tolerant difference of window ``windows[p]``
+    of ``a[p]`` and all of ``b[p]`` ((P, T, T) stacks), after standardising both."""
+    t = a.shape[-1]
+    gl, gr = _window_resamplers(t)
+    a = gl[windows] @ a @ gr[windows].transpose(0, 2, 1)  # the window, back to T x T
+    a, b = _standardise(a, floor), _standardise(b, floor)
+    d = np.minimum(_shift_tolerant(a, b), _shift_tolerant(b, a))
+    g, blk = _THUMB // _BLOCK, t // (_THUMB // _BLOCK)
+    return d.reshape(len(d), g, blk, g, blk).mean(axis=(2, 4)).max(axis=(1, 2))
+
+
+def _shift_tolerant(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per pixel, the smallest ``|a - b|`` over shifts of ``b`` by up to one pixel each way."""
+    t = a.shape[-1]
+    bp = np.pad(b, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    best = np.full(a.shape, np.inf)
+    for dy in range(3):
+        for dx in range(3):
+            np.minimum(best, np.abs(a - bp[:, dy : dy + t, dx : dx + t]), out=best)
+    return best
+
+
+def local_difference(
+    thumbs_a: np.ndarray, windows: np.ndarray, thumbs_b: np.ndarray,
+    chroma_a: np.ndarray | None = None, chroma_b: np.ndarray | None = None,
+) -> np.ndarray:
+    """How much the worst block differs between window ``windows[p]`` of picture ``a[p]`` and
+    all of picture ``b[p]``, for P pairs.
+
+    Grey thumbnails (and, when given, each colour channel) are brought to the same size,
+    standardised (zero mean, unit variance: brightness, contrast and saturation changes cancel),
+    compared per pixel with a one-pixel shift tolerance both ways, and averaged over an 8x8 grid
+    of blocks; the result is the largest block mean over the grid and the channels, in standard
+    deviations. A copy differs a little everywhere; another picture a lot somewhere (a face
+    feature, a hair colour).
+
+    Args:
+        thumbs_a: (P, 64, 64) uint8 grey thumbnails (:attr:`PerceptualHashes.thumb`).
+        windows: (P,) indices into :data:`CROP_VARIANTS` of the window of ``a`` to compare.
+        thumbs_b: (P, 64, 64) uint8 grey thumbnails.
+        chroma_a: (P, 2, 32, 32) uint8 colour thumbnails (:attr:`PerceptualHashes.chroma`), or None.
+        chroma_b: the same for ``b``.
+
+    Returns:
+        (P,) float64 local differences (0 for identical pictures).
+    """
+    windows = np.asarray(windows, dtype=np.int64)
+    if len(windows) == 0:
+        return np.zeros(0)
+    d = _block_difference(np.asarray(thumbs_a, np.float64), np.asarray(thumbs_b, np.float64), windows, 1.0)
+    if chroma_a is not None and chroma_b is not None:
+        ca, cb = np.asarray(chroma_a, np.float64), np.asarray(chroma_b, np.float64)
+        for k in range(ca.shape[1]):
+            d = np.maximum(d, _block_difference(ca[:, k], cb[:, k], windows, _CHROMA_FLOOR))
+    return d
+
+
+@lru_cache(maxsize=4)
+def _window_resamplers(t: int) -> tuple[np.ndarray, np.ndarray]:
+    """(K, t, t) left and right matrices cutting each :data:`CROP_VARIANTS` window out of a
+    t x t thumbnail and resampling it to t x t."""
+    rows = [_area_matrix(t, t, top * t, t - bottom * t) for _, top, _, bottom in CROP_VARIANTS]
+    cols = [_area_matrix(t, t, left * t, t - right * t) for left, _, right, _ in CROP_VARIANTS]
+    return np.stack(rows), np.stack(cols)
 
 
 def phash(img: Image.Image | np.ndarray) -> int:
@@ -227,6 +343,10 @@ def near_duplicate_pairs(
     min_correlation: float = MIN_CORRELATION,
     row_block: int = 128,
     col_block: int = 4096,
+    *,
+    thumbs: np.ndarray | None = None,
+    chroma: np.ndarray | None = None,
+    max_local_difference: float = MAX_LOCAL_DIFFERENCE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs of images where a window of one matches the full frame of the other.
 
@@ -244,6 +364,10 @@ def near_duplicate_pairs(
         min_correlation: smallest signature correlation.
         row_block: windows compared per block.
         col_block: full frames compared per block.
+        thumbs: (N, 64, 64) uint8 thumbnails; when given, a pair must also have a
+            :func:`local_difference` of at most ``max_local_difference`` (``data check`` gives them).
+        chroma: (N, 2, 32, 32) uint8 colour thumbnails for the same test (with ``thumbs``).
+        max_local_difference: largest local difference of a pair.
 
     Returns:
         ``(pairs, dists)``: (P, 2) int64 unique pairs ``i < j`` sorted lexicographically, and
@@ -300,6 +424,15 @@ def near_duplicate_pairs(
     img_i, win, img_j, pdist = img_i[keep], win[keep], img_j[keep], pdist[keep]
     corr = np.einsum("ps,ps->p", sig[img_i, win], sig[img_j, 0])
     keep = corr >= min_correlation
+    if thumbs is not None:
+        img_i, win, img_j, pdist = img_i[keep], win[keep], img_j[keep], pdist[keep]
+        step = 1024  # candidates per chunk: (1024, 64, 64) float64 temporaries, ~32 MB each
+        diff = np.concatenate([np.zeros(0)] + [
+            local_difference(thumbs[img_i[c : c + step]], win[c : c + step], thumbs[img_j[c : c + step]],
+                             None if chroma is None else chroma[img_i[c : c + step]], None if chroma is None else chroma[img_j[c : c + step]])
+            for c in range(0, len(img_i), step)
+        ])
+        keep = diff <= max_local_difference
     lo = np.minimum(img_i[keep], img_j[keep])
     hi = np.maximum(img_i[keep], img_j[keep])
     pdist = pdist[keep]

@@ -39,6 +39,10 @@ class AugmentConfig:
         zoom: max zoom in or out as a fraction (RandomAffine scale 1 +/- zoom).
         color_jitter: (brightness, contrast, saturation, hue).
         random_erasing: probability of erasing a random rectangle.
+        grayscale: probability of turning an image grey (most manga is greyscale: the colour of
+            a coloured page should not be what tells classes apart).
+        screentone: probability of overlaying a random halftone dot pattern (manga screentone),
+            so that printed tone is not mistaken for content.
     """
 
     crop_scale: tuple[float, float] | None = (0.8, 1.0)
@@ -49,6 +53,32 @@ class AugmentConfig:
     zoom: float = 0.0
     color_jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.05)
     random_erasing: float = 0.1
+    grayscale: float = 0.0
+    screentone: float = 0.0
+
+
+class Screentone(torch.nn.Module):
+    """Blend a random halftone dot screen into a (3, H, W) float image in [0, 1], with probability ``p``.
+
+    The screen is a product of two sines at a random period (3-7 px), angle and phase; it
+    darkens the image by up to ``strength`` where the dots are, like the tone of printed manga.
+    """
+
+    def __init__(self, p: float, strength: float = 0.25) -> None:
+        super().__init__()
+        self.p, self.strength = p, strength
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.rand(()) >= self.p:
+            return x
+        h, w = x.shape[-2:]
+        period, angle, amp = 3 + 4 * torch.rand(()), torch.pi * torch.rand(()), self.strength * (0.3 + 0.7 * torch.rand(()))
+        phase = 2 * torch.pi * torch.rand(2)
+        yy, xx = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij")
+        u = xx * torch.cos(angle) + yy * torch.sin(angle)
+        v = -xx * torch.sin(angle) + yy * torch.cos(angle)
+        dots = 0.5 * (1 + torch.sin(2 * torch.pi * u / period + phase[0]) * torch.sin(2 * torch.pi * v / period + phase[1]))
+        return (x * (1 - amp * dots)).clamp(0, 1)
 
 
 def cache_size(cfg: DataConfig) -> int:
@@ -89,7 +119,12 @@ def train_transform(cfg: DataConfig, aug: AugmentConfig) -> v2.Compose:
     if any(v > 0 for v in aug.color_jitter):
         b, c, s, h = aug.color_jitter
         steps.append(v2.ColorJitter(brightness=b or None, contrast=c or None, saturation=s or None, hue=h or None))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.mean, cfg.std)]
+    if aug.grayscale > 0:
+        steps.append(v2.RandomGrayscale(aug.grayscale))
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    if aug.screentone > 0:
+        steps.append(Screentone(aug.screentone))
+    steps.append(v2.Normalize(cfg.mean, cfg.std))
     if aug.random_erasing > 0:
         steps.append(v2.RandomErasing(p=aug.random_erasing, value=0))
     return v2.Compose(steps)

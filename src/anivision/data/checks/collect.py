@@ -49,6 +49,8 @@ class _Inspection:
     phash: np.ndarray | None = None
     dhash: np.ndarray | None = None
     signature: np.ndarray | None = None
+    thumb: np.ndarray | None = None
+    chroma: np.ndarray | None = None
 
 
 def _inspect(path: str) -> _Inspection:
@@ -69,7 +71,7 @@ def _inspect(path: str) -> _Inspection:
     spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
     grey = bool(spread.mean() < _GREY_MEAN_SPREAD and np.percentile(spread, 99) < _GREY_P99_SPREAD)
     hashes = perceptual_hashes(img)
-    return _Inspection(None, w, h, grey, hashes.phash, hashes.dhash, hashes.signature)
+    return _Inspection(None, w, h, grey, hashes.phash, hashes.dhash, hashes.signature, hashes.thumb, hashes.chroma)
 
 
 def _abspath(path: str | Path) -> str:

@@ -7,6 +7,7 @@ images per class and split.
 
 from __future__ import annotations
 
+import signal
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
@@ -16,6 +17,7 @@ import numpy as np
 from anivision.data.checks.collect import _collect, _inspect, _Inspection
 from anivision.data.hashing import (
     DHASH_THRESHOLD,
+    MAX_LOCAL_DIFFERENCE,
     MIN_CORRELATION,
     PHASH_THRESHOLD,
     file_sha1,
@@ -47,6 +49,11 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
+def _ignore_sigint() -> None:
+    """Pool worker initialiser: leave SIGINT (Ctrl-C) to the parent process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _map_progress(fn: Any, paths: list[str], workers: int, progress: bool, desc: str) -> Iterable[Any]:
     """``map(fn, paths)`` with a progress bar, in ``workers`` processes when above 1."""
     bar = progress_bar(None, progress, total=len(paths), desc=desc, unit="img", leave=False)
@@ -54,7 +61,9 @@ def _map_progress(fn: Any, paths: list[str], workers: int, progress: bool, desc:
         if workers > 1 and len(paths) > 256:
             import multiprocessing as mp
 
-            with mp.get_context().Pool(workers) as pool:
+            # Workers ignore Ctrl-C: the parent alone stops (and terminates them), so an
+            # interrupt prints no worker traceback or "Process ForkPoolWorker" line.
+            with mp.get_context().Pool(workers, initializer=_ignore_sigint) as pool:
                 for res in pool.imap(fn, paths, chunksize=64):
                     bar.update()
                     yield res
@@ -88,7 +97,7 @@ def check_dataset(
             relative paths are relative to its folder. Its labels and splits win over folders.
         min_size: images with a shorter side below this (pixels) are listed as tiny.
         near_threshold: largest pHash Hamming distance (of 64 bits) for a near-duplicate;
-            candidates must also pass the dHash and DCT-correlation tests of
+            candidates must also pass the dHash, DCT-correlation and local-difference tests of
             :func:`anivision.data.hashing.near_duplicate_pairs`.
         workers: processes decoding and hashing images (1: in this process).
         progress: show tqdm progress bars.
@@ -162,6 +171,8 @@ def check_dataset(
             np.stack([inspected[s].dhash for s in good]),
             np.stack([inspected[s].signature for s in good]),
             phash_threshold=near_threshold,
+            thumbs=np.stack([inspected[s].thumb for s in good]),
+            chroma=np.stack([inspected[s].chroma for s in good]),
         )
         for a, b in pairs.tolist():
             uf.union(a, b)
@@ -243,5 +254,6 @@ def check_dataset(
             "phash_threshold": near_threshold,
             "dhash_threshold": DHASH_THRESHOLD,
             "min_correlation": MIN_CORRELATION,
+            "max_local_difference": MAX_LOCAL_DIFFERENCE,
         },
     }

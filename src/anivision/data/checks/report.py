@@ -121,7 +121,9 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines += _group_section(
         "Near duplicates",
         f"The same picture resized, re-compressed or lightly cropped (pHash <= {s['phash_threshold']} bits, "
-        f"dHash <= {s['dhash_threshold']} bits, DCT correlation >= {s['min_correlation']}). "
+        f"dHash <= {s['dhash_threshold']} bits, DCT correlation >= {s['min_correlation']}"
+        + (f", no 8x8 block of the 64 px thumbnails differing by more than {s['max_local_difference']} sd" if "max_local_difference" in s else "")
+        + "). "
         "Groups may also hold byte-identical copies.",
         result["near_duplicates"], result,
     )

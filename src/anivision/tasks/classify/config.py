@@ -244,6 +244,10 @@ class TrainConfig(RunConfig):
         """The same-run rule (:meth:`RunConfig.differences`: ``data``, ``split`` and a ``weights``
         file compared as locations; the run's ``split.csv`` checks moved images by sha1); besides,
         ``data`` may be added to a run trained from ``split`` alone, to say where moved images are."""
+        if isinstance(old.get("aug"), dict):
+            # Augmentation steps added later (greyscale, screentone) were off in runs saved before them.
+            later = {f.name: f.default for f in dataclasses.fields(AugmentConfig) if f.name not in old["aug"]}
+            old = {**old, "aug": {**later, **old["aug"]}}
         return [k for k in super().differences(old, source) if not (k == "data" and not old.get("data") and self.data and self.split)]
 
     @classmethod
@@ -270,7 +274,10 @@ def recipe_values(recipe: str, strategy: str) -> dict[str, Any]:
     """Hyper-parameters of a named recipe for one strategy (flags override them).
 
     ``fer``: the anime facial-expression study (ViT vs CNN, 2026). ``aniwho``: AniWho (2022).
-    ``default``: anivision's CPU-friendly defaults (128 px, short cosine schedule).
+    ``default``: anivision's CPU-friendly defaults (128 px, short cosine schedule). On a small
+    real manga set, 5-fold cross-validation (benchmarks/emotions_cv.py) puts them well above the
+    linear probe; a longer schedule in batches of 16 with greyscale and screentone augmentation
+    did worse on the fold measured (RESULTS.md, "Small real data").
     """
     if recipe not in RECIPES:
         raise AnivisionError(f"unknown recipe '{recipe}' (choose from {', '.join(RECIPES)})")

@@ -17,7 +17,6 @@ absolute paths kept for the record only.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -27,14 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from anivision.data.cache import default_cache_dir
 from anivision.data.folder import scan_class_folders
 from anivision.embeddings import embed_paths, model_fingerprint
 from anivision.engine.checkpoint import save_weights
 from anivision.errors import AnivisionError
-from anivision.files import absolute_path, atomic_write_json
+from anivision.files import absolute_path, atomic_write_json, read_json, read_tensors
+from anivision.index import VectorIndex, build_index
 from anivision.models.backbone import LITE0_WEIGHTS
 from anivision.models.protonet import PrototypicalNetwork, check_distance, episode_distances
 from anivision.tasks.fewshot.evaluate import BackboneSpec, build_backbone
@@ -68,6 +68,59 @@ def loo_own_and_other(features: np.ndarray, labels: np.ndarray, protos: np.ndarr
     d_all[torch.arange(len(y)), y] = float("inf")
     other = d_all.min(1).values
     return own.numpy(), other.numpy(), (own < other).numpy()
+
+
+#: Default target false-rejection rate: the share of genuine images of enrolled characters that
+#: may be called ``unknown``. Chosen in ``benchmarks/open_set.py`` (RESULTS.md): on 16 real
+#: characters, 0.10 keeps known images accepted while rejecting most unknown characters.
+DEFAULT_REJECT_RATE: float = 0.10
+
+
+def l2_normalise(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), float32.
+
+    Galleries embed on the unit sphere: raw embedding norms vary with contrast and content far
+    more than directions do, which made unnormalised distances useless for ``unknown``.
+    """
+    x = np.asarray(features, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def calibrate_threshold(features: np.ndarray, labels: np.ndarray, protos: np.ndarray, distance: str, reject_rate: float) -> dict[str, Any]:
+    """The ``unknown`` threshold and its operating point, from leave-one-out on the enrolment images.
+
+    Each enrolment image stands for a new image of its character: its distance to its own
+    prototype re-averaged without it (:func:`loo_own_and_other`). The threshold is the
+    ``1 - reject_rate`` quantile of these distances, so about ``reject_rate`` of genuine images
+    fall beyond it. Each image's distance to the nearest *other* prototype stands for an image
+    of a character that is not enrolled: the share of those beyond the threshold estimates how
+    many unknown characters are rejected.
+
+    Args:
+        features: (M, D) enrolment embeddings (normalised as the gallery uses them).
+        labels: (M,) in 0..C-1.
+        protos: (C, D) prototypes.
+        distance: ``euclidean`` (squared) or ``cosine``.
+        reject_rate: target false-rejection rate in [0, 1).
+
+    Returns:
+        ``threshold`` (None when every character has a single image), ``reject_rate``,
+        ``loo_false_rejection`` (share of own distances beyond the threshold), ``loo_accuracy``,
+        ``impostor_within_threshold`` and ``est_unknown_rejection`` (1 minus it).
+    """
+    if not 0 <= reject_rate < 1:
+        raise AnivisionError(f"--reject-rate must be in [0, 1), got {reject_rate}")
+    own, other, correct = loo_own_and_other(features, labels, protos, distance)
+    has_own = ~np.isnan(own)
+    if not has_own.any():
+        log.warning("every character has a single image: no leave-one-out distances, so no 'unknown' threshold")
+        return {"threshold": None, "reject_rate": reject_rate, "loo_false_rejection": None, "loo_accuracy": None,
+                "impostor_within_threshold": None, "est_unknown_rejection": None}
+    thr = float(np.quantile(own[has_own], 1.0 - reject_rate, method="linear"))
+    within = float((other <= thr).mean())
+    return {"threshold": thr, "reject_rate": reject_rate, "loo_false_rejection": float((own[has_own] > thr).mean()),
+            "loo_accuracy": float(correct[has_own].mean()), "impostor_within_threshold": within,
+            "est_unknown_rejection": 1.0 - within}
 
 
 def _enrolment_images(labels: np.ndarray, valid: np.ndarray, classes: list[str], k_shot: int | None, seed: int, gallery: str) -> np.ndarray:
@@ -147,20 +200,22 @@ def enroll_gallery(
     k_shot: int | None = None,
     seed: int = 0,
     distance: str | None = None,
-    percentile: float = 95.0,
+    reject_rate: float = DEFAULT_REJECT_RATE,
     cache_dir: str | None = None,
     device: str | None = None,
     progress: bool = True,
+    index: str = "exact",
 ) -> dict[str, Any]:
     """Enrol one prototype per character folder of ``gallery``.
 
-    Open-set threshold rule: for every enrolment image, the leave-one-out distance to its own
-    character's prototype is computed (prototype re-averaged without that image). The
-    threshold is the ``percentile``-th percentile of these distances: a query farther than
-    that from every prototype is ``unknown``, so about ``100 - percentile`` % of genuine
-    images of enrolled characters are expected to be rejected. ``gallery.json`` records the
-    rule, the leave-one-out accuracy and the fraction of enrolment images whose nearest
-    *other* prototype is within the threshold (a rough impostor acceptance rate).
+    Embeddings are L2-normalised and each prototype is the mean of its character's unit
+    vectors. Open-set threshold rule (:func:`calibrate_threshold`): for every enrolment image,
+    the leave-one-out distance to its own character's prototype is computed (prototype
+    re-averaged without that image); the threshold is the ``1 - reject_rate`` quantile of these
+    distances, so a query farther than that from every prototype is ``unknown`` and about
+    ``reject_rate`` of genuine images of enrolled characters are expected to be rejected.
+    ``gallery.json`` records the rule and the operating point: the leave-one-out accuracy and
+    false rejection, and the estimated share of unknown characters rejected.
 
     Writes ``out/prototypes.safetensors`` (``prototypes`` (C, D) float32), ``out/gallery.json``
     and, for weights from a file, ``out/backbone.safetensors`` (see the module docstring).
@@ -172,29 +227,27 @@ def enroll_gallery(
         k_shot: use K seeded-random readable images per character (default: all).
         seed: seed for picking the K images.
         distance: default: the run's distance, else euclidean.
-        percentile: of own-class leave-one-out distances, for the threshold.
+        reject_rate: target share of genuine images called ``unknown`` (sets the threshold).
+        index: the prototypes' search index (``exact``, ``faiss``, ``ivfpq``), saved in ``out/index/``.
 
     Raises:
         AnivisionError: no images, a character with no readable image or fewer than K.
     """
     distance = distance or spec.distance
     check_distance(distance)
-    if not 0 < percentile <= 100:
-        raise AnivisionError(f"--threshold-percentile must be in (0, 100], got {percentile}")
+    if not 0 <= reject_rate < 1:
+        raise AnivisionError(f"--reject-rate must be in [0, 1), got {reject_rate}")
     images = scan_class_folders(gallery)
     model, dcfg = build_backbone(spec, device)
     emb = embed_paths(model, images.paths, dcfg, cache_dir=cache_dir or default_cache_dir(), progress=progress)
     labels = np.asarray(images.labels, dtype=np.int64)
     keep = _enrolment_images(labels, emb.valid, images.classes, k_shot, seed, gallery)
-    feats, labs = emb.features[keep], labels[keep]
+    feats, labs = l2_normalise(emb.features[keep]), labels[keep]
     protos = PrototypicalNetwork(distance=distance).process_support_set(torch.from_numpy(feats), torch.from_numpy(labs)).numpy().astype(np.float32)
-    own, other, correct = loo_own_and_other(feats, labs, protos, distance)
-    has_own = ~np.isnan(own)
-    threshold = float(np.percentile(own[has_own], percentile)) if has_own.any() else None
-    if threshold is None:
-        log.warning("every character has a single image: no leave-one-out distances, so no 'unknown' threshold")
+    point = calibrate_threshold(feats, labs, protos, distance, reject_rate)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    prototype_index(protos, index, distance, model_fingerprint(model)).save(out_dir / "index")  # a bad --index fails before any write
     _save_prototypes(out_dir, protos)
     meta = {
         "classes": images.classes,
@@ -207,13 +260,13 @@ def enroll_gallery(
         "img_size": dcfg.img_size,
         "crop_pct": dcfg.crop_pct,
         "distance": distance,
-        "threshold": threshold,
-        "threshold_rule": f"{percentile:g}th percentile of leave-one-out distances of enrolment images to their own prototype",
-        "threshold_percentile": percentile,
+        "normalize": True,  # absent in older galleries: raw embeddings, their threshold as recorded
+        "index": index,
+        **point,
+        "threshold_rule": f"{1 - reject_rate:.4g} quantile of leave-one-out distances of enrolment images to their own prototype "
+                          f"(L2-normalised embeddings; target false-rejection rate {reject_rate:g})",
         "k_shot": k_shot,
         "seed": seed,
-        "loo_accuracy": float(correct[has_own].mean()) if has_own.any() else None,
-        "impostor_within_threshold": float((other <= threshold).mean()) if threshold is not None else None,
         "gallery": absolute_path(gallery),
         "skipped": emb.skipped,
     }
@@ -226,5 +279,15 @@ def load_gallery(gallery: str | Path) -> tuple[dict[str, Any], np.ndarray]:
     g = Path(gallery)
     if not (g / "gallery.json").is_file() or not (g / "prototypes.safetensors").is_file():
         raise AnivisionError(f"{g}: not a gallery folder (make one with 'anivision enroll')")
-    meta = json.loads((g / "gallery.json").read_text())
-    return meta, load_file(str(g / "prototypes.safetensors"))["prototypes"].numpy()
+    meta = read_json(g / "gallery.json", expect=dict)
+    protos = read_tensors(g / "prototypes.safetensors").get("prototypes")
+    if protos is None or protos.ndim != 2 or "classes" not in meta or len(meta["classes"]) != protos.shape[0]:
+        raise AnivisionError(f"{g}: gallery.json and prototypes.safetensors do not match; enrol the gallery again")
+    return meta, protos.numpy()
+
+
+def prototype_index(protos: np.ndarray, kind: str, distance: str, fingerprint: str) -> VectorIndex:
+    """The search index of a gallery's (C, D) prototypes: ``kind`` (``exact`` keeps float64, as
+    :class:`PrototypicalNetwork` computes), with the gallery's distance (euclidean = squared)."""
+    metric = "sqeuclidean" if distance == "euclidean" else "cosine"
+    return build_index(np.asarray(protos, np.float64 if kind == "exact" else np.float32), kind, metric, fingerprint)

@@ -268,6 +268,10 @@ def train_fewshot(cfg: FewShotTrainConfig, progress: bool = True, on_step: Calla
         v0 = validation_accuracy(backbone, data, cfg, device, progress)
         state.history.append({"epoch": 0, "val_acc": v0})
         run.rewrite_metrics_log(state.history)
+        # Epoch 0 is a best-epoch candidate: a meta-training that only makes the embedding worse
+        # on validation leaves model.safetensors holding the starting weights.
+        if state.tracker.update(v0, 0):
+            run.save_weights(backbone, "model.safetensors", metadata={"backbone": cfg.backbone, "epoch": "0"})
         if v0 is not None:
             log.info("epoch 0 (before meta-training): val %d-way %d-shot acc %.2f%%", data.val_sampler.n_way, cfg.k_shot, 100 * v0)  # type: ignore[union-attr]
     net = PrototypicalNetwork(backbone, cfg.distance, cfg.cosine_scale)

@@ -1,0 +1,55 @@
+"""Ctrl-C during ``anivision data check`` with worker processes: one line, exit 130, no worker
+traceback, no "rerun to resume" (a check has nothing to resume) and no report."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def make_many_images(root: Path, n_per_class: int = 600, size: int = 256) -> Path:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (size // 8, size // 8, 3), dtype=np.uint8)
+    big = np.asarray(Image.fromarray(base).resize((size, size), Image.Resampling.BILINEAR))
+    for c in range(2):
+        d = root / f"class{c}"
+        d.mkdir(parents=True)
+        for i in range(n_per_class):
+            img = big.copy()
+            img[i % size, (i // size + c * 7) % size] = (i * 37) % 256  # distinct bytes: no sha1 shortcut
+            Image.fromarray(img).save(d / f"{i:04d}.jpg", quality=90)
+    return root
+
+
+def children(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+
+
+def test_ctrl_c_during_check_prints_one_line_and_exits_130(tmp_path: Path) -> None:
+    data = make_many_images(tmp_path / "data")
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "anivision.cli", "data", "check", str(data), "--workers", "2", "--out", str(tmp_path / "rep")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env,
+    )
+    # Ctrl-C in a terminal reaches the whole process group, workers included: do the same once
+    # the worker pool is running.
+    deadline = time.monotonic() + 120
+    while not children(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert err == "interrupted\n" and out == ""
+    assert not (tmp_path / "rep" / "check.json").exists()

@@ -1,0 +1,147 @@
+"""Open-set identification: L2-normalised galleries, a threshold calibrated for a target
+false-rejection rate by leave-one-out, the operating point recorded and printed, and old
+galleries (no ``normalize`` key) still identifying as before."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from test_fewshot import make_shapes
+
+from anivision.cli import main
+from anivision.errors import AnivisionError
+from anivision.models.protonet import PrototypicalNetwork
+from anivision.tasks.fewshot import Gallery, calibrate_threshold, l2_normalise
+
+TINY = ["test_efficientnet", "--weights", "none", "--img-size", "32"]
+
+
+def clusters(n_classes: int, per_class: int, dim: int = 32, spread: float = 0.25, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Points around random unit directions, each scaled by a random norm in [0.2, 5]: the
+    directions tell the classes apart, the norms are noise (as embeddings' norms are)."""
+    rng = np.random.default_rng(seed)
+    centres = l2_normalise(rng.normal(size=(n_classes, dim)))
+    x = np.repeat(centres, per_class, axis=0) + spread * rng.normal(size=(n_classes * per_class, dim)) / np.sqrt(dim)
+    x *= rng.uniform(0.2, 5.0, size=(len(x), 1))
+    return x.astype(np.float32), np.repeat(np.arange(n_classes), per_class)
+
+
+def prototypes(f: np.ndarray, y: np.ndarray, distance: str = "euclidean") -> np.ndarray:
+    return PrototypicalNetwork(distance=distance).process_support_set(torch.from_numpy(f), torch.from_numpy(y)).numpy()
+
+
+def test_threshold_is_the_quantile_of_leave_one_out_own_distances() -> None:
+    f, y = clusters(4, 6)
+    f = l2_normalise(f)
+    protos = prototypes(f, y)
+    naive = []
+    for i in range(len(f)):
+        others = (y == y[i]) & (np.arange(len(f)) != i)
+        naive.append(float(((f[i] - f[others].mean(0)) ** 2).sum()))
+    for rate in (0.0, 0.1, 0.25):
+        point = calibrate_threshold(f, y, protos, "euclidean", rate)
+        assert point["threshold"] == pytest.approx(np.quantile(naive, 1 - rate), rel=1e-5)
+        assert point["loo_false_rejection"] == pytest.approx(np.mean(np.array(naive) > point["threshold"]))
+        assert point["reject_rate"] == rate and 0 <= point["est_unknown_rejection"] <= 1
+    assert calibrate_threshold(f, y, protos, "euclidean", 0.0)["loo_false_rejection"] == 0.0
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(AnivisionError, match="--reject-rate"):
+            calibrate_threshold(f, y, protos, "euclidean", bad)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_unknown_classes_are_rejected_known_accepted(distance: str) -> None:
+    # 8 classes: enrol 4 from 5 images each, the other 4 are unknown. With norms that vary
+    # 25-fold, distances on raw embeddings cannot separate them; on unit vectors they do.
+    f, y = clusters(8, 25)
+    enrol = np.concatenate([np.flatnonzero(y == c)[:5] for c in range(4)])
+    known_q = np.concatenate([np.flatnonzero(y == c)[5:] for c in range(4)])
+    unknown_q = np.flatnonzero(y >= 4)
+    results = {}
+    for mode, g in (("normalised", l2_normalise(f)), ("raw", f)):
+        protos = prototypes(g[enrol], y[enrol], distance)
+        thr = calibrate_threshold(g[enrol], y[enrol], protos, distance, 0.1)["threshold"]
+        net = PrototypicalNetwork.from_prototypes(torch.as_tensor(protos, dtype=torch.float64), distance)
+        dk = net.distances(torch.as_tensor(g[known_q], dtype=torch.float64)).numpy()
+        du = net.distances(torch.as_tensor(g[unknown_q], dtype=torch.float64)).numpy()
+        results[mode] = (float(((dk.min(1) <= thr) & (dk.argmin(1) == y[known_q])).mean()), float((du.min(1) > thr).mean()))
+    known_right, unknown_rejected = results["normalised"]
+    # 10% target false rejection, estimated from 20 leave-one-out distances: about 80-90% accepted.
+    assert known_right >= 0.75 and unknown_rejected >= 0.95
+    if distance == "euclidean":  # cosine normalises by itself
+        assert sum(results["raw"]) < known_right + unknown_rejected - 0.1
+
+
+def enrol_tiny(tmp_path: Path) -> tuple[Path, str]:
+    data = make_shapes(tmp_path / "data", n_classes=4, n_per_class=8)
+    chars = tmp_path / "chars"
+    for c in ("char0", "char1", "char2"):
+        (chars / c).mkdir(parents=True)
+        for f in sorted((data / c).iterdir())[:6]:
+            (chars / c / f.name).write_bytes(f.read_bytes())
+    return data, str(chars)
+
+
+def test_enroll_records_and_prints_the_operating_point(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data, chars = enrol_tiny(tmp_path)
+    cache = str(tmp_path / "cache")
+    metas = {}
+    for rate in ("0", "0.3"):
+        capsys.readouterr()
+        out = tmp_path / f"g{rate}"
+        assert main(["enroll", *TINY, chars, "--reject-rate", rate, "--out", str(out), "--cache-dir", cache, "-q"]) == 0
+        printed = capsys.readouterr().out
+        assert f"--reject-rate {float(rate):g}" in printed and "'unknown' threshold" in printed
+        metas[rate] = json.loads((out / "gallery.json").read_text())
+    m0, m3 = metas["0"], metas["0.3"]
+    assert m0["normalize"] is True and m0["reject_rate"] == 0.0 and m3["reject_rate"] == 0.3
+    assert m0["loo_false_rejection"] == 0.0 and m3["loo_false_rejection"] >= 0.2
+    assert 0 < m3["threshold"] < m0["threshold"] <= 4.0  # squared distances between unit-length vectors
+    for key in ("est_unknown_rejection", "loo_accuracy", "impostor_within_threshold", "threshold_rule"):
+        assert key in m0
+    # Prototypes are means of unit vectors: never longer than 1.
+    protos = load_file(str(tmp_path / "g0" / "prototypes.safetensors"))["prototypes"]
+    assert float(protos.norm(dim=1).max()) <= 1.0 + 1e-5
+    # Distances at identification are on unit vectors too, and the gallery's threshold applies.
+    g = Gallery.load(tmp_path / "g0")
+    dist, _ = g.distances([str(p) for p in sorted((data / "char3").iterdir())])
+    assert g.normalize and float(dist.max()) <= 4.0 + 1e-6
+    with pytest.raises(SystemExit):
+        main(["enroll", *TINY, chars, "--reject-rate", "x", "--out", str(tmp_path / "bad")])
+    capsys.readouterr()
+    assert main(["enroll", *TINY, chars, "--reject-rate", "1", "--out", str(tmp_path / "bad"), "--cache-dir", cache, "-q"]) == 2
+    assert "--reject-rate must be in [0, 1)" in capsys.readouterr().err
+    # The old --threshold-percentile P still works, as --reject-rate 1 - P/100, with a note.
+    assert main(["enroll", *TINY, chars, "--threshold-percentile", "70", "--out", str(tmp_path / "old"), "--cache-dir", cache, "-q"]) == 0
+    assert "--threshold-percentile is deprecated; use --reject-rate 0.3" in capsys.readouterr().err
+    assert json.loads((tmp_path / "old" / "gallery.json").read_text())["reject_rate"] == 0.3
+
+
+def test_old_gallery_without_normalize_keeps_raw_distances(tmp_path: Path) -> None:
+    data, chars = enrol_tiny(tmp_path)
+    out = tmp_path / "old"
+    assert main(["enroll", *TINY, chars, "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "-q"]) == 0
+    # Rewrite it the way an older anivision wrote it: raw prototypes, no "normalize" key.
+    g = Gallery.load(out)
+    chars_paths = sorted(str(p) for p in Path(chars).rglob("*.png"))
+    feats = np.stack([g.distances([p])[1].values[0] for p in chars_paths])  # raw embeddings of the enrolment images
+    labels = np.array([["char0", "char1", "char2"].index(Path(p).parent.name) for p in chars_paths])
+    raw_protos = prototypes(feats.astype(np.float32), labels)
+    save_file({"prototypes": torch.from_numpy(raw_protos.astype(np.float32))}, str(out / "prototypes.safetensors"))
+    meta = json.loads((out / "gallery.json").read_text())
+    for key in ("normalize", "reject_rate", "loo_false_rejection", "est_unknown_rejection"):
+        meta.pop(key)
+    meta["threshold"] = 1e9
+    (out / "gallery.json").write_text(json.dumps(meta))
+    old = Gallery.load(out)
+    assert not old.normalize
+    query = str(sorted((data / "char1").iterdir())[-1])
+    dist, emb = old.distances([query])
+    want = ((emb.values[0][None, :].astype(np.float64) - raw_protos) ** 2).sum(1)
+    np.testing.assert_allclose(dist[0], want, rtol=1e-4)
+    assert old.identify([query])[0].known  # the recorded (raw) threshold still applies
