@@ -14,13 +14,18 @@ The Python API (the command line ``anivision`` calls the same functions)::
 
 Public names: :func:`load`, :func:`train`, :func:`enroll`, the namespaces :mod:`fewshot`
 (``train``, ``load``, ``model``, ``enroll``) and :mod:`retrieval` (``load``), the classes they
-return (:class:`ImageClassifier`, :class:`Prediction`, :class:`FewShotModel`, :class:`Gallery`,
+return (:class:`ImageClassifier`, :class:`Prediction`, :class:`Explanation`, :class:`FewShotModel`, :class:`Gallery`,
 :class:`Identification`, :class:`StyleRetriever`, :class:`SearchResult`),
 :class:`AnivisionError` and ``__version__``. Images may be paths, folders, glob patterns, PIL
 images of any mode or uint8 numpy arrays, and are preprocessed exactly as for training.
 """
 
-from anivision.api import (
+from anivision.errors import quiet_interrupts_while_starting
+
+quiet_interrupts_while_starting()  # Ctrl-C while the command line imports torch: one line, no traceback
+
+from anivision.api import (  # noqa: E402 - after the hook above
+    Explanation,
     FewShotModel,
     Gallery,
     Identification,
@@ -28,7 +33,9 @@ from anivision.api import (
     Prediction,
     SearchResult,
     StyleRetriever,
+    embed,
     enroll,
+    export,
     fewshot,
     load,
     retrieval,
@@ -39,6 +46,6 @@ from anivision.errors import AnivisionError
 from anivision.version import __version__
 
 __all__ = [
-    "AnivisionError", "FewShotModel", "Gallery", "Identification", "ImageClassifier", "Prediction", "SearchResult",
-    "StyleRetriever", "__version__", "enroll", "fewshot", "load", "retrieval", "run_kind", "train",
+    "AnivisionError", "Explanation", "FewShotModel", "Gallery", "Identification", "ImageClassifier", "Prediction", "SearchResult",
+    "StyleRetriever", "__version__", "embed", "enroll", "export", "fewshot", "load", "retrieval", "run_kind", "train",
 ]

@@ -24,8 +24,11 @@ from anivision.data.cache import DecodedImages, decode_images, files_fingerprint
 from anivision.data.datasets import CachedImageDataset
 from anivision.data.inputs import ImageInput, decode_inputs
 from anivision.data.transforms import DataConfig, cache_size, eval_transform
+from anivision.deploy.runtime import OnnxOutput
+from anivision.engine.distributed import torch_device
 from anivision.engine.loop import predict
 from anivision.errors import AnivisionError
+from anivision.files import remove_quietly, sweep_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +61,12 @@ def model_fingerprint(model: nn.Module) -> str:
 def pick_device(device: str | None = None) -> torch.device:
     """``device`` if given, else CUDA when available, else CPU."""
     if device:
-        return torch.device(device)
+        return torch_device(str(device))
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def forward_batches(
-    model: nn.Module,
+    model: nn.Module | OnnxOutput,
     dataset: CachedImageDataset,
     batch_size: int = 64,
     device: torch.device | None = None,
@@ -71,6 +74,8 @@ def forward_batches(
     progress: bool = True,
 ) -> np.ndarray:
     """Run ``model`` in eval mode over ``dataset`` (the engine's :func:`predict`): (len(dataset), ...) float32."""
+    if isinstance(model, OnnxOutput):  # --engine onnx: ONNX Runtime instead of torch (the one place that chooses)
+        return model.forward_dataset(dataset, batch_size, desc, progress)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     return predict(model, loader, device, channels_last=True, desc=desc, progress=progress)[0]
 
@@ -170,6 +175,7 @@ def embed_paths(
         key = hashlib.sha1(key_src.encode()).hexdigest()[:20]
         fdir = Path(cache_dir) / "features"
         fdir.mkdir(parents=True, exist_ok=True)
+        sweep_temp_files(fdir)  # what a killed process left half-written
         feat_path = fdir / f"{key}.npz"
         if feat_path.exists():
             with np.load(feat_path) as z:
@@ -189,6 +195,10 @@ def embed_paths(
     features[valid] = feats_valid
     if feat_path is not None:
         tmp = feat_path.with_name(feat_path.name + f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, features=features, valid=valid)
-        os.replace(tmp, feat_path)
+        try:
+            np.savez(tmp, features=features, valid=valid)
+            os.replace(tmp, feat_path)
+        except BaseException:  # a full disk or Ctrl-C: no half-written feature file stays behind
+            remove_quietly(tmp)
+            raise
     return Embeddings(features, valid.copy(), [paths[i] for i, ok in zip(rows, valid) if not ok])

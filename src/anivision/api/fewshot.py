@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from anivision.errors import AnivisionError
-from anivision.tasks.fewshot import FewShotModel, FewShotTrainConfig, Gallery, Identification, train_fewshot
+from anivision.tasks.fewshot import DEFAULT_REJECT_RATE, FewShotModel, FewShotTrainConfig, Gallery, Identification, train_fewshot
 
 
-def load(run: str | Path, device: str | None = None) -> FewShotModel:
-    """A meta-trained run's backbone (``embed``, ``enroll``)."""
-    return FewShotModel.load(run, device)
+def load(run: str | Path, device: str | None = None, engine: str = "torch") -> FewShotModel:
+    """A meta-trained run's backbone (``embed``, ``enroll``); ``engine="onnx"``: through ONNX Runtime."""
+    return FewShotModel.load(run, device, engine)
 
 
 def model(source: str | Path, weights: str | None = None, img_size: int | None = None, device: str | None = None) -> FewShotModel:
@@ -34,7 +34,8 @@ def model(source: str | Path, weights: str | None = None, img_size: int | None =
 
 def enroll(
     source: str | Path | FewShotModel, characters: str | Path, out: str | Path | None = None, k_shot: int | None = None,
-    weights: str | None = None, seed: int = 0, distance: str | None = None, percentile: float = 95.0, progress: bool = False,
+    weights: str | None = None, seed: int = 0, distance: str | None = None, reject_rate: float = DEFAULT_REJECT_RATE, progress: bool = False,
+    index: str = "exact",
 ) -> Gallery:
     """One prototype per character folder of ``characters``, as ``anivision enroll`` does.
 
@@ -44,10 +45,11 @@ def enroll(
         out: the gallery folder (default: a new temporary folder; pass ``out`` to keep it).
         k_shot: K seeded-random images per character (default: all).
         weights: with a backbone name: its weights.
-        percentile: of the enrolment images' leave-one-out distances: the ``unknown`` threshold.
+        reject_rate: target share of genuine images called ``unknown`` (sets the threshold; default 0.10).
+        index: the prototypes' search index: ``exact``, ``faiss`` or ``ivfpq`` (``Gallery.load(path, index=...)`` overrides it).
     """
     m = source if isinstance(source, FewShotModel) else model(source, weights)
-    return m.enroll(characters, out, k_shot, seed, distance, percentile, progress=progress)
+    return m.enroll(characters, out, k_shot, seed, distance, reject_rate, progress=progress, index=index)
 
 
 def train(progress: bool = False, **options: Any) -> FewShotModel:

@@ -15,9 +15,10 @@ from pathlib import Path
 from anivision.tasks.retrieval import SearchResult, StyleRetriever
 
 
-def load(run: str | Path, fold: int | None = None, device: str | None = None) -> StyleRetriever:
-    """The model of ``fold`` (default: the first trained one) of a retrieval run (``embed``, ``search``)."""
-    return StyleRetriever.load(run, fold, device)
+def load(run: str | Path, fold: int | None = None, device: str | None = None, engine: str = "torch") -> StyleRetriever:
+    """The model of ``fold`` (default: the first trained one) of a retrieval run (``embed``, ``search``);
+    ``engine="onnx"``: queries through ONNX Runtime."""
+    return StyleRetriever.load(run, fold, device, engine)
 
 
 __all__ = ["SearchResult", "StyleRetriever", "load"]

@@ -66,11 +66,16 @@ SHARED_HELP = {
     "--workers": "worker processes that read and decode images",
     "--device": "where to compute: cpu, cuda, cuda:1, ...",
     "--cache-dir": "folder of the decoded-image and feature caches",
+    "--engine": "inference engine: torch, or onnx (the model exported to ONNX once, cached in the run folder's onnx/, "
+                "and run with ONNX Runtime; needs anivision[export])",
+    "--index": "gallery search index: exact (numpy, argpartition top-k), faiss (exact, faiss-cpu flat) or ivfpq "
+               "(approximate, for ~1M+ images; re-ranked exactly); faiss and ivfpq need anivision[index]",
 }
 _SHARED_KWARGS: dict[str, dict[str, Any]] = {
     "--seed": {"type": int}, "--epochs": {"type": int}, "--batch-size": {"type": int}, "--img-size": {"type": int},
     "--top-k": {"type": int}, "--workers": {"type": int}, "--distance": {"choices": ("cosine", "euclidean")},
-    "--amp": {"action": argparse.BooleanOptionalAction},
+    "--amp": {"action": argparse.BooleanOptionalAction}, "--engine": {"choices": ("torch", "onnx")},
+    "--index": {"choices": ("exact", "faiss", "ivfpq")},
 }
 _SHARED_DEFAULT_TEXT = {"--device": "cuda if available, else cpu", "--cache-dir": "$ANIVISION_CACHE or ~/.cache/anivision"}
 

@@ -1,4 +1,4 @@
-"""Classification sub-commands: ``split``, ``train``, ``evaluate``, ``predict`` and ``demo``."""
+"""Classification sub-commands: ``split``, ``train``, ``evaluate`` and ``predict`` (``demo`` lives in :mod:`anivision.commands.demo`)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from anivision.commands import add_shared
-from anivision.data.cache import default_cache_dir
 from anivision.data.folder import load_labeled
 from anivision.data.splits import parse_ratios, stratified_split, write_split
-from anivision.data.synth import generate
 from anivision.errors import AnivisionError
 from anivision.files import atomic_write_csv
 from anivision.strategies import STRATEGIES
-from anivision.tasks.classify import TrainConfig, evaluate_run, predict_paths, recipe_values, resolve_train_config, train_classifier
+from anivision.tasks.classify import TrainConfig, evaluate_run, predict_paths, resolve_train_config, train_classifier
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``split``, ``train``, ``evaluate``, ``predict`` and ``demo``."""
+    """Add ``split``, ``train``, ``evaluate`` and ``predict``."""
     sub = subparsers
     p = sub.add_parser("split", help="stratified, frozen train/val/test split with content hashes")
     p.add_argument("data", metavar="DATA", help="class-per-folder dataset or CSV manifest")
@@ -40,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="evaluate on every image of this class-per-folder dataset (default: the run's test split)")
     p.add_argument("--data-root", metavar="DIR", help="where the run's images are now, if they moved since training "
                    "(default: the folder recorded in the run's split.csv)")
+    add_shared(p, "--engine", default="torch")
     add_shared(p, "--out", "the evaluation folder", default_text="RUN/eval, or RUN/eval-<DATA name> with --data", metavar="DIR")
     p.set_defaults(func=cmd_evaluate)
 
@@ -48,15 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", metavar="IMAGES", help="image files, folders or glob patterns")
     add_shared(p, "--top-k", default=5)
     add_shared(p, "--batch-size", default=64)
+    add_shared(p, "--engine", default="torch")
     add_shared(p, "--out", "a CSV path,pred_1,prob_1,...,pred_K,prob_K", default_text="print them", metavar="CSV")
     p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("demo", help="offline demo: synthetic emotion faces, offline ImageNet EfficientNet-Lite0, report")
-    add_shared(p, "--out", "the demo folder (synthetic data in DIR/data, the run in DIR/run)", default="anivision-demo", metavar="DIR")
-    p.add_argument("--strategy", default="linear_probe", choices=STRATEGIES, help="fine-tuning strategy")
-    add_shared(p, "--epochs", default=20)
-    p.add_argument("--n-per-class", type=int, default=60, help="synthetic images per emotion (6 emotions)")
-    p.set_defaults(func=cmd_demo)
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -123,11 +116,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = build_train_config(args)
     m = train_classifier(cfg, progress=not args.quiet)
     if m:  # under torchrun, only rank 0 returns the metrics
-        _print_summary(m, Path(cfg.out))
+        print_summary(m, Path(cfg.out))
     return 0
 
 
-def _print_summary(m: dict[str, Any], out: Path) -> None:
+def print_summary(m: dict[str, Any], out: Path) -> None:
     parts = [f"accuracy {100 * m['accuracy']:.2f}%", f"macro F1 {100 * m['f1_macro']:.2f}%", f"NLL {m['nll']:.4f}", f"ECE {100 * m['ece']:.2f}%"]
     if "top5_accuracy" in m:
         parts.insert(1, f"top-5 {100 * m['top5_accuracy']:.2f}%")
@@ -147,15 +140,17 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    m = evaluate_run(args.run_dir, data=args.data, out=args.out, progress=not args.quiet, data_root=args.data_root)
-    _print_summary(m, Path(m["out"]))
+    m = evaluate_run(args.run_dir, data=args.data, out=args.out, progress=not args.quiet, data_root=args.data_root, engine=args.engine)
+    print_summary(m, Path(m["out"]))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise AnivisionError("--top-k must be at least 1")
-    rows, skipped = predict_paths(args.run_dir, args.paths, top_k=args.top_k, batch_size=args.batch_size, progress=not args.quiet)
+    if args.batch_size < 1:
+        raise AnivisionError(f"--batch-size must be at least 1, got {args.batch_size}")
+    rows, skipped = predict_paths(args.run_dir, args.paths, top_k=args.top_k, batch_size=args.batch_size, progress=not args.quiet, engine=args.engine)
     for path, reason in skipped.items():
         print(f"skipped: {reason}", file=sys.stderr)
     if args.out:
@@ -166,28 +161,3 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for r in rows:
             print(r["path"] + "\t" + "\t".join(f"{r[f'pred_{i}']} {r[f'prob_{i}']:.3f}" for i in range(1, args.top_k + 1) if f"pred_{i}" in r))
     return 0 if rows else 1
-
-
-# The demo's 70/15/15 split puts at least one image of each emotion in train, val and test.
-DEMO_MIN_PER_CLASS = 3
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    if args.epochs < 1:
-        raise AnivisionError(f"--epochs must be at least 1, got {args.epochs}")
-    if args.n_per_class < DEMO_MIN_PER_CLASS:
-        raise AnivisionError(f"--n-per-class must be at least {DEMO_MIN_PER_CLASS} (one image per emotion in each of train, val and test), got {args.n_per_class}")
-    out = Path(args.out)
-    data = out / "data"
-    if not (data / "synth.json").exists():
-        print(f"generating the embedded synthetic emotion dataset in {data} ...")
-        generate("emotion", data, n_per_class=args.n_per_class, size=128, seed=0, progress=not args.quiet)
-    cfg = TrainConfig(data=str(data), out=str(out / "run"), strategy=args.strategy, epochs=args.epochs, cache_dir=str(default_cache_dir()))
-    for k, v in recipe_values("default", args.strategy).items():
-        if k != "epochs":
-            setattr(cfg, k, v)
-    print(f"training {cfg.backbone} ({cfg.weights}, offline ImageNet weights) with strategy {cfg.strategy} on 6 synthetic emotions ...")
-    m = train_classifier(cfg, progress=not args.quiet)
-    if m:  # under torchrun, only rank 0 returns the metrics
-        _print_summary(m, Path(cfg.out))
-    return 0

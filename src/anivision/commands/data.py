@@ -70,14 +70,19 @@ def run_check(args: argparse.Namespace) -> int:
     if not Path(args.dir).exists():
         raise AnivisionError(f"{args.dir}: no such dataset folder or manifest")
     quiet = getattr(args, "quiet", False)
-    result = check_dataset(
-        args.dir,
-        split_csv=args.split,
-        min_size=args.min_size,
-        near_threshold=args.near_threshold,
-        workers=args.workers,
-        progress=not quiet,
-    )
+    try:
+        result = check_dataset(
+            args.dir,
+            split_csv=args.split,
+            min_size=args.min_size,
+            near_threshold=args.near_threshold,
+            workers=args.workers,
+            progress=not quiet,
+        )
+    except KeyboardInterrupt:
+        # A check keeps no partial state: nothing to resume, no report written.
+        print("interrupted", file=sys.stderr)
+        return 130
     out = Path(args.out) if args.out else default_out_dir(args.dir)
     md_path, _ = write_check_report(result, out)
     print(

@@ -18,6 +18,7 @@ from anivision.files import atomic_write_csv
 from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
 from anivision.reports.fewshot import class_list, class_set_words
 from anivision.tasks.fewshot import (
+    DEFAULT_REJECT_RATE,
     GRID_SHOTS,
     GRID_WAYS,
     BackboneSpec,
@@ -128,12 +129,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_embedding_args(p)
     p.add_argument("--k-shot", type=int, help="images per character, a seeded choice (default: all)")
     add_shared(p, "--seed", "of the --k-shot choice", default=0)
-    p.add_argument("--threshold-percentile", type=float, default=95.0,
-                   help="'unknown' beyond this percentile of leave-one-out own-prototype distances")
+    p.add_argument("--reject-rate", type=float, default=DEFAULT_REJECT_RATE,
+                   help="target share of genuine images of enrolled characters called 'unknown': the threshold is the "
+                   "(1 - RATE) quantile of the enrolment images' leave-one-out distances to their own prototype; "
+                   "higher rejects more unknown characters and more known images")
+    add_shared(p, "--index", "of the prototypes, saved in GALLERY/index/", default="exact")
     add_shared(p, "--out", "the gallery folder (prototypes.safetensors + gallery.json)", required=True, metavar="GALLERY")
     deprecated(p, "--run", "SOURCE, the first argument", position=0, fallback=DEFAULT_BACKBONE)
     deprecated(p, "--backbone", "SOURCE, the first argument", position=0, fallback=DEFAULT_BACKBONE)
     deprecated(p, "--gallery", "CHARACTERS, the second argument", position=1)
+    # Before 0.2 the threshold was a percentile P of the leave-one-out distances: --reject-rate 1-P/100.
+    p.add_argument("--threshold-percentile", type=float, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_enroll)
 
     p = subparsers.add_parser("identify", help="nearest enrolled characters of images (open-set: 'unknown')")
@@ -143,6 +149,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float,
                    help="'unknown' beyond this distance; inf: never unknown (default: the gallery's)")
     add_shared(p, "--device")
+    add_shared(p, "--engine", default="torch")
+    add_shared(p, "--index", default_text="the one the gallery was enrolled with")
     add_shared(p, "--out", "a CSV path,pred_1,dist_1,...,pred_K,dist_K", default_text="print them", metavar="CSV")
     p.set_defaults(func=cmd_identify)
 
@@ -163,6 +171,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         init = s["initial_val_acc"]
         print(f"best val {s['val_n_way']}-way {cfg.k_shot}-shot accuracy {100 * s['best_val_acc']:.2f}% at epoch {s['best_epoch']} "
               f"(before meta-training {100 * init:.2f}%)")
+        if s["best_epoch"] == 0:
+            print("meta-training did not beat the starting embedding on validation: model.safetensors holds the starting weights")
     print(f"held-out test classes: {', '.join(c['test']) or 'none'}")
     print(f"weights: {Path(cfg.out) / 'model.safetensors'}")
     print(_next_hint(cfg.out, cfg.n_way, cfg.k_shot, c))
@@ -223,6 +233,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+
+def _reject_rate(args: argparse.Namespace) -> float:
+    """--reject-rate, or the deprecated --threshold-percentile P as the rate 1 - P/100 (with a note)."""
+    if args.threshold_percentile is None:
+        return args.reject_rate
+    if not 0 < args.threshold_percentile <= 100:
+        raise AnivisionError(f"--threshold-percentile {args.threshold_percentile:g}: must be in (0, 100]")
+    rate = round(1 - args.threshold_percentile / 100, 10)
+    print(f"note: --threshold-percentile is deprecated; use --reject-rate {rate:g}", file=sys.stderr)
+    return rate
+
 def _enroll_spec(args: argparse.Namespace) -> BackboneSpec:
     """SOURCE: a few-shot run folder, or (not a folder) a timm backbone name with ``--weights``."""
     source = Path(args.source)
@@ -240,12 +261,16 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         raise AnivisionError("--k-shot must be at least 1")
     meta = enroll_gallery(
         args.characters, args.out, _enroll_spec(args), k_shot=args.k_shot, seed=args.seed, distance=args.distance,
-        percentile=args.threshold_percentile, cache_dir=args.cache_dir, device=args.device, progress=not args.quiet,
+        reject_rate=_reject_rate(args), cache_dir=args.cache_dir, device=args.device, progress=not args.quiet, index=args.index,
     )
     thr = "none" if meta["threshold"] is None else f"{meta['threshold']:.4g}"
     loo = "n/a" if meta["loo_accuracy"] is None else f"{100 * meta['loo_accuracy']:.2f}%"
     print(f"enrolled {len(meta['classes'])} character(s), {sum(meta['counts'])} image(s) ({len(meta['skipped'])} skipped); "
-          f"{meta['distance']} distance, 'unknown' threshold {thr}; leave-one-out accuracy {loo} -> {meta['out']}")
+          f"{meta['distance']} distance on L2-normalised embeddings; leave-one-out accuracy {loo} -> {meta['out']}")
+    if meta["threshold"] is not None:
+        print(f"'unknown' threshold {thr} (--reject-rate {_reject_rate(args):g}): in leave-one-out it rejects "
+              f"{100 * meta['loo_false_rejection']:.1f}% of enrolled characters' images and about "
+              f"{100 * meta['est_unknown_rejection']:.1f}% of other characters' images")
     return 0
 
 
@@ -253,7 +278,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     thr = args.threshold
     if thr is not None and math.isnan(thr):
         raise AnivisionError("--threshold must be a number")
-    rows, skipped = identify_paths(args.gallery, args.paths, top_k=args.top_k, threshold=thr, device=args.device, progress=not args.quiet)
+    rows, skipped = identify_paths(args.gallery, args.paths, top_k=args.top_k, threshold=thr, device=args.device, progress=not args.quiet, engine=args.engine, index=args.index)
     for reason in skipped.values():
         print(f"skipped: {reason}", file=sys.stderr)
     k = max((int(key.split("_")[1]) for r in rows for key in r if key.startswith("pred_")), default=1)

@@ -154,8 +154,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise AnivisionError("--top-k must be at least 1")
     progress = not getattr(args, "quiet", False)
-    retriever = StyleRetriever.load(args.run_dir, args.fold, args.device)
-    index = retriever.index(args.gallery_images, progress=progress)
+    retriever = StyleRetriever.load(args.run_dir, args.fold, args.device, args.engine)
+    index = retriever.index(args.gallery_images, progress=progress, kind=args.index)
     print(f"gallery: {len(index.paths)} images of {len(set(index.works))} works (fold {retriever.fold} model)", file=sys.stderr)
     found = retriever.search(args.images, index, args.top_k, skip_unreadable=True, progress=progress)
     results = []
@@ -244,6 +244,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_shared(p, "--top-k", default=10)
     p.add_argument("--fold", type=int, help="which fold's model (default: the first trained one)")
     add_shared(p, "--device")
+    add_shared(p, "--engine", "for the query images (the gallery index is built with torch, once)", default="torch")
+    add_shared(p, "--index", "of the gallery, saved in RUN/search_index/", default="exact")
     add_shared(p, "--out", "a folder with search.json and a search.png grid", default_text="print only", metavar="DIR")
     deprecated(p, "--gallery", "--gallery-images")
     p.set_defaults(func=cmd_search)

@@ -18,11 +18,12 @@ from anivision.tasks.classify.config import (
 )
 from anivision.tasks.classify.evaluate import evaluate_run, measure_inference
 from anivision.tasks.classify.model import build_classifier, classifier_optimizer, load_run
+from anivision.explain import Explanation
 from anivision.tasks.classify.predictor import ImageClassifier, Prediction, predict_paths
 from anivision.tasks.classify.train import train_classifier
 
 __all__ = [
     "NO_AUGMENT", "RECIPES", "TRAIN_OPTION_KEYS", "TrainConfig", "recipe_values", "resolve_train_config",
     "train_option_defaults", "evaluate_run", "measure_inference", "predict_paths", "build_classifier",
-    "classifier_optimizer", "load_run", "train_classifier", "ImageClassifier", "Prediction",
+    "classifier_optimizer", "load_run", "train_classifier", "ImageClassifier", "Prediction", "Explanation",
 ]

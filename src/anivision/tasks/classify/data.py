@@ -59,10 +59,11 @@ def prepare_split(cfg: TrainConfig, run_dir: Path) -> LabeledImages:
     """The labelled images with their train/val/test assignment, from the run's own ``split.csv``.
 
     On the first start the split is ``cfg.split`` (a frozen split CSV), a CSV manifest's
-    ``split`` column, or a stratified split with ``cfg.ratios`` and ``cfg.seed``; it is saved as
-    ``run_dir/split.csv`` with the data root (:func:`~anivision.data.folder.images_root`). A
-    resumed run reads that copy; when its recorded root is gone, the images are looked for
-    under the root of ``cfg.data`` (``--data NEW``) instead.
+    ``split`` column, or a stratified split with ``cfg.ratios`` and ``cfg.seed``;
+    :func:`keep_split` saves it as ``run_dir/split.csv`` once training starts, so a run that
+    failed before (bad images, no test image) leaves no split that a rerun on fixed data would
+    silently reuse. A resumed run reads that copy; when its recorded root is gone, the images
+    are looked for under the root of ``cfg.data`` (``--data NEW``) instead.
 
     Raises:
         AnivisionError: no split can be made, or an image is missing or changed.
@@ -77,8 +78,16 @@ def prepare_split(cfg: TrainConfig, run_dir: Path) -> LabeledImages:
         images = load_labeled(cfg.data)
         if images.splits is None:
             images.splits = stratified_split(images.labels, images.classes, parse_ratios(cfg.ratios), cfg.seed)
-    write_split(images, images.splits, saved, root=images_root(images.paths, cfg.data or None))
     return images
+
+
+def keep_split(cfg: TrainConfig, run: RunFolder, images: LabeledImages) -> None:
+    """Save the split of a run that starts training as the run's own ``split.csv`` (rank 0; a
+    resumed run has it already). Called right before the first epoch: only a run that started
+    training keeps its split."""
+    saved = run.path / RUN_SPLIT
+    if run.is_main and not saved.exists():
+        write_split(images, images.splits or [], saved, root=images_root(images.paths, cfg.data or None))
 
 
 def check_new_data(cfg: TrainConfig, run_dir: Path) -> None:
@@ -141,8 +150,9 @@ def load_data(cfg: TrainConfig, run: RunFolder, dcfg: DataConfig, images: Labele
     """
     decoded = decode_images(images.paths, cache_size(dcfg), cache_dir=cfg.cache_dir or default_cache_dir(), progress=progress)
     parts = {k: np.asarray([i for i in v if decoded.valid[i]], dtype=np.int64) for k, v in split_indices(images.splits or []).items()}
-    if decoded.errors:
-        run.write_text("skipped.txt", "\n".join(decoded.errors.values()) + "\n")
+    skipped = {**images.unreadable, **decoded.errors}  # dangling links, then files that failed to decode
+    if skipped:
+        run.write_text("skipped.txt", "\n".join(skipped.values()) + "\n")
     if len(parts["train"]) == 0:
         raise AnivisionError(f"{cfg.data}: no readable training images")
     if len(parts["test"]) == 0:

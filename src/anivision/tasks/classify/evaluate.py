@@ -16,6 +16,7 @@ from anivision.data.datasets import CachedImageDataset
 from anivision.data.folder import LabeledImages, load_labeled
 from anivision.data.splits import read_split, split_indices
 from anivision.data.transforms import DataConfig, cache_size, eval_transform
+from anivision.deploy import EngineRunner
 from anivision.engine.checkpoint import load_weights
 from anivision.engine.loop import predict, softmax_np
 from anivision.engine.run import RunFolder, TrainState
@@ -25,10 +26,12 @@ from anivision.metrics.classification import classification_metrics
 from anivision.models.backbone import count_parameters
 from anivision.models.classifier import Classifier
 from anivision.reports.classification import write_report
+from anivision.reports.mistakes import mistakes_section
 from anivision.strategies import Strategy
 from anivision.tasks.classify.config import TrainConfig
 from anivision.tasks.classify.data import RUN_SPLIT, RunData, TrainingSets
 from anivision.tasks.classify.model import load_run
+from anivision.tasks.classify.predictor import classifier_spec
 
 
 def logits_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -82,7 +85,8 @@ def finish_run(
     })
     np.save(run.path / "test_logits.npy", logits)
     np.save(run.path / "test_labels.npy", y_test)
-    write_report(run.path, metrics, history, title=f"{cfg.backbone} / {cfg.strategy}", config=cfg.to_dict())
+    mistakes = mistakes_section(run.path, model, dcfg, data.decoded, test_idx, y_test, softmax_np(logits.astype(np.float64)), data.images.classes)
+    write_report(run.path, metrics, history, title=f"{cfg.backbone} / {cfg.strategy}", config=cfg.to_dict(), sections=mistakes)
     atomic_write_json(run.path / "metrics.json", metrics)
     return metrics
 
@@ -158,9 +162,11 @@ def _evaluation_set(run_dir: Path, cfg: TrainConfig, classes: list[str], data: s
 
 def evaluate_run(
     run_dir: str | Path, data: str | None = None, out: str | Path | None = None, progress: bool = True,
-    data_root: str | Path | None = None,
+    data_root: str | Path | None = None, engine: str = "torch",
 ) -> dict[str, Any]:
     """Evaluate a finished run on its test split, or on every image of ``data``.
+
+    ``engine``: ``torch``, or ``onnx`` (the run exported once to ``RUN/onnx/`` and run with ONNX Runtime).
 
     The test split is the run's own ``split.csv``; its images are found under the data root
     recorded there, or under ``data_root`` when given (the data moved: each image is looked for
@@ -191,11 +197,17 @@ def evaluate_run(
     ds = CachedImageDataset(decoded, idx, labels, eval_transform(dcfg))
     if len(ds) == 0:
         raise AnivisionError(f"{data or run_dir}: no readable images to evaluate")
-    logits, y, _ = predict(model, DataLoader(ds, batch_size=64, shuffle=False), device, cfg.channels_last, progress=progress)
+    net = EngineRunner(engine, lambda: classifier_spec(model, classes, dcfg, run_dir), run_dir / "onnx").pick(model, "logits")
+    if net is model:
+        logits, y, _ = predict(model, DataLoader(ds, batch_size=64, shuffle=False), device, cfg.channels_last, progress=progress)
+    else:
+        logits, y = net.forward_dataset(ds, 64, "eval", progress), None
     metrics = logits_metrics(logits, y if y is not None else ds.targets, classes)
     metrics.update({"n_skipped": len(decoded.errors), "skipped": sorted(decoded.errors), "run": str(run_dir), "data": str(data or "test split")})
-    metrics.update(measure_inference(model, decoded, ds.indices, dcfg, device, cfg.channels_last))
+    metrics.update(measure_inference(net, decoded, ds.indices, dcfg, device, cfg.channels_last and net is model))  # type: ignore[arg-type]
+    metrics["engine"] = engine
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_report(out_dir, metrics, [], title=f"evaluation of {run_dir.name} on {data or 'its test split'} ({metrics['n_images']} images)", config=None)
+    mistakes = mistakes_section(out_dir, model, dcfg, decoded, ds.indices, ds.targets, softmax_np(logits.astype(np.float64)), classes)
+    write_report(out_dir, metrics, [], title=f"evaluation of {run_dir.name} on {data or 'its test split'} ({metrics['n_images']} images)", config=None, sections=mistakes)
     atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics | {"out": str(out_dir)}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -13,6 +12,7 @@ from anivision.embeddings import pick_device
 from anivision.engine.checkpoint import load_weights
 from anivision.engine.optim import make_optimizer, param_groups
 from anivision.errors import AnivisionError
+from anivision.files import read_json
 from anivision.models.backbone import create_backbone, data_config
 from anivision.models.classifier import Classifier
 from anivision.tasks.classify.config import TrainConfig
@@ -52,7 +52,7 @@ def load_run(run_dir: str | Path, device: str | None = None) -> tuple[Classifier
         if not (run_dir / f).exists():
             raise AnivisionError(f"{run_dir}: not a trained run ({f} missing)")
     cfg = TrainConfig.load(run_dir / "config.json")
-    classes = json.loads((run_dir / "classes.json").read_text())
+    classes = read_json(run_dir / "classes.json", expect=list)
     # The run's own weights replace whatever the backbone started from: no hub access needed.
     model, dcfg = build_classifier(cfg, len(classes), weights="none")
     load_weights(model, run_dir / "model.safetensors")

@@ -17,9 +17,12 @@ import numpy as np
 
 from anivision.data.inputs import ImageInput
 from anivision.data.transforms import DataConfig
-from anivision.embeddings import InputFeatures, embed_inputs
+from anivision.deploy import ClassifierOutputs, EngineRunner, ExportSpec
+from anivision.embeddings import InputFeatures, embed_inputs, model_fingerprint
 from anivision.engine.loop import softmax_np
 from anivision.errors import AnivisionError
+from anivision.explain import Explanation, explain_images
+from anivision.files import absolute_path
 from anivision.models.classifier import Classifier
 from anivision.tasks.classify.config import TrainConfig
 from anivision.tasks.classify.model import load_run
@@ -58,8 +61,13 @@ class ImageClassifier:
         metrics: the run's test metrics (``metrics.json``), or ``{}``.
     """
 
-    def __init__(self, model: Classifier, classes: list[str], data_config: DataConfig, config: TrainConfig, run_dir: str | Path, metrics: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, model: Classifier, classes: list[str], data_config: DataConfig, config: TrainConfig, run_dir: str | Path,
+        metrics: dict[str, Any] | None = None, engine: str = "torch",
+    ) -> None:
         self.model = model
+        # torch, or onnx: the run exported once to RUN/onnx/ and run with ONNX Runtime.
+        self.runner = EngineRunner(engine, lambda: classifier_spec(self.model, self.classes, self.data_config, self.run_dir), Path(run_dir) / "onnx")
         self.classes = list(classes)
         self.data_config = data_config
         self.config = config
@@ -67,12 +75,12 @@ class ImageClassifier:
         self.metrics = dict(metrics or {})
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str | None = None) -> "ImageClassifier":
-        """Rebuild a finished run from its folder (no hub access: the run's own weights)."""
+    def load(cls, run_dir: str | Path, device: str | None = None, engine: str = "torch") -> "ImageClassifier":
+        """Rebuild a finished run from its folder (no hub access: the run's own weights); ``engine``: torch or onnx."""
         model, cfg, classes, dcfg = load_run(run_dir, device)
         metrics_path = Path(run_dir) / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-        return cls(model, classes, dcfg, cfg, run_dir, metrics)
+        return cls(model, classes, dcfg, cfg, run_dir, metrics, engine)
 
     def __repr__(self) -> str:
         return f"ImageClassifier({str(self.run_dir)!r}, backbone={self.config.backbone!r}, classes={len(self.classes)})"
@@ -81,7 +89,7 @@ class ImageClassifier:
 
     def outputs(self, images: ImageInput | Iterable[ImageInput], what: str = "logits", batch_size: int = 64, progress: bool = False) -> InputFeatures:
         """Logits (M, C) or backbone features (M, D) of the readable images, and which inputs they are."""
-        module = self.model if what == "logits" else self.model.backbone
+        module = self.runner.pick(self.model, "logits") if what == "logits" else self.runner.pick(self.model.backbone, "embeddings")
         width = len(self.classes) if what == "logits" else int(self.model.backbone.num_features)
         return embed_inputs(module, images, self.data_config, batch_size, progress=progress, width=width)
 
@@ -123,15 +131,34 @@ class ImageClassifier:
         """(N, D) float32 backbone features (before the head), one row per readable input."""
         return self.outputs(images, "features", batch_size, progress).checked(skip_unreadable).values.astype(np.float32)
 
+    def explain(self, images: ImageInput | Iterable[ImageInput], method: str = "gradcam++", class_name: str | None = None, batch_size: int = 16, skip_unreadable: bool = False) -> list[Explanation]:
+        """Grad-CAM(++) heat maps of the predicted class (or ``class_name``) for each readable image.
 
-def predict_paths(run_dir: str | Path, inputs: list[str], top_k: int = 5, batch_size: int = 64, progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        Returns:
+            One :class:`~anivision.explain.Explanation` per readable input, in input order.
+
+        Raises:
+            AnivisionError: an unknown ``method`` or ``class_name``, an unreadable file (unless
+                ``skip_unreadable``), or pytorch-grad-cam missing (``pip install "anivision[explain]"``).
+        """
+        return explain_images(self.model, self.classes, self.data_config, images, method, class_name, batch_size, skip_unreadable)
+
+
+def classifier_spec(model: Classifier, classes: list[str], dcfg: DataConfig, run_dir: str | Path) -> ExportSpec:
+    """What a classifier run exports: logits and backbone embeddings, with its class names."""
+    return ExportSpec(ClassifierOutputs(model), "classifier", dcfg, ["logits", "embeddings"], model_fingerprint(model), absolute_path(run_dir), list(classes))
+
+
+def predict_paths(
+    run_dir: str | Path, inputs: list[str], top_k: int = 5, batch_size: int = 64, progress: bool = True, engine: str = "torch",
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """``anivision predict``: top-k predictions of a run for image files, folders or globs.
 
     Returns:
         (rows, skipped): one row per readable image with ``path``, ``pred_i``, ``prob_i``;
         ``skipped`` maps unreadable paths to their reason.
     """
-    clf = ImageClassifier.load(run_dir)
+    clf = ImageClassifier.load(run_dir, engine=engine)
     out = clf.outputs(inputs, "logits", batch_size, progress)
     preds = clf.rank(out, top_k)[0] if len(out.values) else []
     rows = []

@@ -20,14 +20,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from anivision.engine.distributed import device_for, init_distributed
+from anivision.engine.distributed import device_for, init_distributed, torch_device
 from anivision.engine.loop import LrFn, cross_entropy_step, evaluate_loss_acc, predict, seed_everything, train_one_epoch
 from anivision.engine.run import BestTracker, RunFolder, TrainState
 from anivision.engine.schedules import Plateau, warmup_constant, warmup_cosine
 from anivision.errors import AnivisionError
 from anivision.strategies import Strategy, backbone_groups, set_train_mode
 from anivision.tasks.classify.config import TrainConfig
-from anivision.tasks.classify.data import RunData, TrainingSets, check_new_data, load_data, prepare_split, training_sets
+from anivision.tasks.classify.data import RunData, TrainingSets, check_new_data, keep_split, load_data, prepare_split, training_sets
 from anivision.tasks.classify.evaluate import finish_run
 from anivision.tasks.classify.model import build_classifier
 
@@ -57,6 +57,8 @@ def train_classifier(cfg: TrainConfig, progress: bool = True, on_step: Callable[
     t_start = time.perf_counter()
     cfg = cfg.with_absolute_paths()  # config.json records where the data lies, from any working directory
     cfg.validate()  # a config built in code gets the same checks as the CLI's, before anything is written
+    if cfg.device:
+        torch_device(cfg.device)  # --device bogus, or cuda without a GPU: refused before the run folder is made
     cfg.check_out_outside_data()
     dinfo = init_distributed()
     run = RunFolder(cfg.out, cfg, dinfo)
@@ -81,6 +83,7 @@ def train_classifier(cfg: TrainConfig, progress: bool = True, on_step: Callable[
     data = run.main_first(lambda: load_data(cfg, run, dcfg, images, progress))
     strategy = Strategy(cfg.strategy, backbone_groups(model.backbone), cfg.partial_groups, cfg.unfreeze_every, cfg.progressive_groups)
     sets = training_sets(cfg, model, dcfg, data, strategy, run, device, progress)
+    keep_split(cfg, run, images)  # training starts: from now on the run keeps (and reuses) its split
     if sets.kind == "features":
         if not run.is_main:
             return {}  # a head on cached features trains in seconds: rank 0 does it alone

@@ -36,16 +36,16 @@ from anivision.tasks.fewshot.evaluate import (
     is_run_dataset,
     run_data,
 )
-from anivision.tasks.fewshot.gallery import enroll_gallery, gallery_weights, load_gallery, loo_own_and_other
+from anivision.tasks.fewshot.gallery import DEFAULT_REJECT_RATE, calibrate_threshold, enroll_gallery, gallery_weights, l2_normalise, load_gallery, loo_own_and_other
 from anivision.tasks.fewshot.predictor import FewShotModel, Gallery, Identification, identify_paths
 from anivision.tasks.fewshot.splits import DEFAULT_CLASS_RATIOS, ClassSplit, class_disjoint_split, parse_class_counts, select_classes
 from anivision.tasks.fewshot.train import episode_step, train_fewshot
 
 __all__ = [
-    "DEFAULT_CLASS_RATIOS", "DISTANCES", "GRID_SHOTS", "GRID_WAYS",
+    "DEFAULT_CLASS_RATIOS", "DEFAULT_REJECT_RATE", "DISTANCES", "GRID_SHOTS", "GRID_WAYS",
     "BackboneSpec", "ClassSplit", "FewShotModel", "FewShotTrainConfig", "Gallery", "Identification", "PrototypicalNetwork",
-    "backbone_spec", "build_backbone", "class_disjoint_split", "default_class_set", "enroll_gallery", "episode_accuracy", "episode_distances",
+    "backbone_spec", "build_backbone", "calibrate_threshold", "class_disjoint_split", "default_class_set", "enroll_gallery", "episode_accuracy", "episode_distances",
     "episode_step", "evaluate_episodes", "evaluate_fewshot", "evaluation_name", "format_cell", "gallery_weights", "grid_markdown", "identify_paths",
-    "is_run_dataset", "load_gallery", "loo_own_and_other", "parse_class_counts", "protonet_logits", "prototypes", "run_data", "select_classes",
+    "is_run_dataset", "l2_normalise", "load_gallery", "loo_own_and_other", "parse_class_counts", "protonet_logits", "prototypes", "run_data", "select_classes",
     "train_fewshot",
 ]

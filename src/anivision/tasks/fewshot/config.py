@@ -9,6 +9,7 @@ still name classes of the new folder).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -83,6 +84,8 @@ class FewShotTrainConfig(RunConfig):
                 raise AnivisionError(f"--{name.replace('_', '-')} must be at least 1")
         if self.n_way < 2:
             raise AnivisionError("--n-way must be at least 2")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise AnivisionError(f"--lr must be a positive number, got {self.lr}")
         if self.val_max_per_class is not None and self.val_max_per_class < self.k_shot + self.n_query:
             raise AnivisionError(f"--val-max-per-class must be at least k-shot + n-query ({self.k_shot + self.n_query})")
         check_distance(self.distance)

@@ -35,6 +35,7 @@ from anivision.files import absolute_path, atomic_write_json, atomic_write_text,
 from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, create_backbone, data_config
 from anivision.models.protonet import check_distance
 from anivision.reports.fewshot import class_list, grid_markdown
+from anivision.reports.html import write_html_report
 from anivision.tasks.fewshot.config import FewShotTrainConfig
 from anivision.tasks.fewshot.episodes import episode_accuracy
 from anivision.tasks.fewshot.splits import ClassSplit, select_classes
@@ -261,8 +262,10 @@ def _write(out: str | Path, report: dict[str, Any], results: list[dict[str, Any]
     atomic_write_json(out_dir / "fewshot.json", report)
     if len(results) > 1:
         atomic_write_text(out_dir / "fewshot.md", grid_markdown(results, common))
+        write_html_report(out_dir / "fewshot.md", title="Few-shot evaluation")
     elif replaced and (out_dir / "fewshot.md").exists():
         (out_dir / "fewshot.md").unlink()
+        (out_dir / "report.html").unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------ the evaluation

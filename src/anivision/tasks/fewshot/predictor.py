@@ -18,12 +18,16 @@ import torch
 from torch import nn
 
 from anivision.data.inputs import ImageInput
+from anivision.data.cache import default_cache_dir
 from anivision.data.transforms import DataConfig
+from anivision.deploy import EngineRunner, ExportSpec
 from anivision.embeddings import InputFeatures, embed_inputs, model_fingerprint
 from anivision.errors import AnivisionError
+from anivision.files import absolute_path
+from anivision.index import VectorIndex, read_meta, top_k_smallest
 from anivision.models.protonet import PrototypicalNetwork
 from anivision.tasks.fewshot.evaluate import BackboneSpec, backbone_spec, build_backbone
-from anivision.tasks.fewshot.gallery import enroll_gallery, gallery_weights, load_gallery
+from anivision.tasks.fewshot.gallery import DEFAULT_REJECT_RATE, enroll_gallery, gallery_weights, l2_normalise, load_gallery, prototype_index
 
 
 UNKNOWN = "unknown"
@@ -58,29 +62,37 @@ class FewShotModel:
     :meth:`from_backbone`.
     """
 
-    def __init__(self, spec: BackboneSpec, device: str | None = None) -> None:
+    def __init__(self, spec: BackboneSpec, device: str | None = None, engine: str = "torch") -> None:
         self.spec = spec
         self.device = device
         self.model, self.data_config = build_backbone(spec, device)
+        # torch, or onnx: exported once to RUN/onnx/ (a bare backbone: the cache folder) and run with ONNX Runtime.
+        folder = Path(spec.run) / "onnx" if spec.run else default_cache_dir() / "onnx"
+        self.runner = EngineRunner(engine, lambda: ExportSpec(
+            self.model, "fewshot", self.data_config, ["embeddings"], model_fingerprint(self.model), spec.run or spec.backbone,
+            extra={"distance": spec.distance, "backbone": spec.backbone}, name="fewshot" if spec.run else f"fewshot-{spec.backbone}-{spec.img_size}",
+        ), folder)
 
     @classmethod
-    def load(cls, run: str | Path, device: str | None = None) -> "FewShotModel":
-        return cls(backbone_spec(str(run), None, None, None), device)
+    def load(cls, run: str | Path, device: str | None = None, engine: str = "torch") -> "FewShotModel":
+        return cls(backbone_spec(str(run), None, None, None), device, engine)
 
     @classmethod
-    def from_backbone(cls, backbone: str, weights: str | None = None, img_size: int = 128, device: str | None = None) -> "FewShotModel":
-        return cls(backbone_spec(None, backbone, weights, img_size), device)
+    def from_backbone(cls, backbone: str, weights: str | None = None, img_size: int = 128, device: str | None = None, engine: str = "torch") -> "FewShotModel":
+        return cls(backbone_spec(None, backbone, weights, img_size), device, engine)
 
     def __repr__(self) -> str:
         return f"FewShotModel({self.spec.run or self.spec.backbone!r}, distance={self.spec.distance!r})"
 
     def embed(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 64, skip_unreadable: bool = False, progress: bool = False) -> np.ndarray:
         """(N, D) float32 embeddings, one row per readable input."""
-        return embed_inputs(self.model, images, self.data_config, batch_size, progress=progress).checked(skip_unreadable).values.astype(np.float32)
+        net = self.runner.pick(self.model, "embeddings")
+        return embed_inputs(net, images, self.data_config, batch_size, progress=progress).checked(skip_unreadable).values.astype(np.float32)
 
     def enroll(
         self, characters: str | Path, out: str | Path | None = None, k_shot: int | None = None, seed: int = 0,
-        distance: str | None = None, percentile: float = 95.0, cache_dir: str | None = None, progress: bool = False,
+        distance: str | None = None, reject_rate: float = DEFAULT_REJECT_RATE, cache_dir: str | None = None, progress: bool = False,
+        index: str = "exact",
     ) -> "Gallery":
         """One prototype per character folder of ``characters`` (``anivision enroll``).
 
@@ -90,11 +102,13 @@ class FewShotModel:
             k_shot: use K seeded-random images per character (default: all).
             seed: picks the K images.
             distance: default: the run's, else euclidean.
-            percentile: of the enrolment images' leave-one-out distances: the ``unknown`` threshold.
+            reject_rate: target share of genuine images called ``unknown``: sets the threshold on the
+                enrolment images' leave-one-out distances (``gallery.meta`` records the operating point).
+            index: the prototypes' search index: ``exact``, ``faiss`` or ``ivfpq`` (saved in ``out/index/``).
         """
         out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="anivision-gallery-"))
-        enroll_gallery(str(characters), out, self.spec, k_shot, seed, distance, percentile, cache_dir, self.device, progress)
-        return Gallery.load(out, self.device)
+        enroll_gallery(str(characters), out, self.spec, k_shot, seed, distance, reject_rate, cache_dir, self.device, progress, index)
+        return Gallery.load(out, self.device, self.runner.engine)
 
 
 class Gallery:
@@ -105,27 +119,41 @@ class Gallery:
     Attributes:
         path: the gallery folder.
         classes: the enrolled characters.
-        threshold: the ``unknown`` distance threshold (None: never unknown).
+        threshold: the ``unknown`` distance threshold (None: never unknown), calibrated at
+            enrolment for a target false-rejection rate (``meta["reject_rate"]``).
+        normalize: embeddings are L2-normalised before distances (older galleries without the key: raw).
         distance: ``euclidean`` (squared) or ``cosine``.
         meta: everything ``gallery.json`` records.
     """
 
-    def __init__(self, path: str | Path, meta: dict[str, Any], prototypes: np.ndarray, model: nn.Module, data_config: DataConfig) -> None:
+    def __init__(self, path: str | Path, meta: dict[str, Any], prototypes: np.ndarray, model: nn.Module, data_config: DataConfig, engine: str = "torch",
+                 index: VectorIndex | None = None) -> None:
         self.path = Path(path)
+        # torch, or onnx: the backbone exported once to GALLERY/onnx/ and run with ONNX Runtime.
+        self.runner = EngineRunner(engine, self.export_spec, self.path / "onnx")
         self.meta = meta
         self.classes: list[str] = list(meta["classes"])
         self.threshold: float | None = meta.get("threshold")
         self.distance: str = meta["distance"]
+        # Galleries enrolled before normalisation (no "normalize" key) keep raw embeddings.
+        self.normalize: bool = bool(meta.get("normalize", False))
         self.model = model
         self.data_config = data_config
         self.net = PrototypicalNetwork.from_prototypes(torch.as_tensor(prototypes, dtype=torch.float64), self.distance)
+        # The prototypes' search index (anivision.index): exact unless enrolled or loaded with another.
+        self.index = index or prototype_index(prototypes, "exact", self.distance, str(meta.get("model_fingerprint", "")))
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> "Gallery":
+    def load(cls, path: str | Path, device: str | None = None, engine: str = "torch", index: str | None = None) -> "Gallery":
         """Read a gallery folder and rebuild its backbone.
 
+        Args:
+            index: ``exact``, ``faiss`` or ``ivfpq`` (default: the one it was enrolled with); the
+                saved ``GALLERY/index/`` is used when it is of that kind.
+
         Raises:
-            AnivisionError: not a gallery, or the backbone weights changed since enrolment.
+            AnivisionError: not a gallery, the backbone weights changed since enrolment, or its
+                saved index was built with another model or dimension.
         """
         meta, protos = load_gallery(path)
         weights = gallery_weights(path, meta)
@@ -133,24 +161,44 @@ class Gallery:
         model, dcfg = build_backbone(spec, device)
         if model_fingerprint(model) != meta.get("model_fingerprint"):
             raise AnivisionError(f"{path}: the backbone weights {weights} changed since enrolment; re-run 'anivision enroll'")
-        return cls(path, meta, protos, model, dcfg)
+        return cls(path, meta, protos, model, dcfg, engine, _gallery_index(Path(path), meta, protos, index))
 
     def __repr__(self) -> str:
         return f"Gallery({str(self.path)!r}, classes={len(self.classes)}, distance={self.distance!r})"
 
+    def export_spec(self) -> ExportSpec:
+        """The backbone's embeddings, with the prototypes, classes, distance and threshold in the sidecar."""
+        record = {"prototypes": self.net.prototypes.tolist(), "distance": self.distance, "threshold": self.threshold, "normalize": self.normalize}
+        return ExportSpec(self.model, "gallery", self.data_config, ["embeddings"], str(self.meta.get("model_fingerprint") or model_fingerprint(self.model)),
+                          absolute_path(self.path), self.classes, {"gallery": record}, name="gallery")
+
+    def features(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 64, progress: bool = False) -> tuple[np.ndarray, InputFeatures]:
+        """(M, D) embeddings of the readable inputs as the gallery compares them, and the embedded inputs."""
+        net = self.runner.pick(self.model, "embeddings")
+        out = embed_inputs(net, images, self.data_config, batch_size, progress=progress, width=self.net.prototypes.shape[1])
+        return (l2_normalise(out.values) if self.normalize else out.values), out
+
     def distances(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 64, progress: bool = False) -> tuple[np.ndarray, InputFeatures]:
         """(M, C) distances of the readable inputs to every prototype, and the embedded inputs."""
-        out = embed_inputs(self.model, images, self.data_config, batch_size, progress=progress, width=self.net.prototypes.shape[1])
-        return self.net.distances(torch.as_tensor(out.values, dtype=torch.float64)).numpy(), out
+        values, out = self.features(images, batch_size, progress)
+        return self.net.distances(torch.as_tensor(values, dtype=torch.float64)).numpy(), out
+
+    def nearest(self, values: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(M, k) distances and prototype indices of the ``top_k`` nearest, through the gallery's index."""
+        return self.index.search(values, min(top_k, len(self.classes)))
 
     def rank(self, dist: np.ndarray, out: InputFeatures, top_k: int = 3, threshold: float | None = None) -> list[Identification]:
         """Identifications from :meth:`distances`' output (``threshold`` overrides the gallery's)."""
+        d, order = top_k_smallest(dist, min(top_k, len(self.classes)))
+        return self.rank_nearest(d, order, out, top_k, threshold)
+
+    def rank_nearest(self, d: np.ndarray, order: np.ndarray, out: InputFeatures, top_k: int = 3, threshold: float | None = None) -> list[Identification]:
+        """Identifications from :meth:`nearest`' output (``threshold`` overrides the gallery's)."""
         thr = self.threshold if threshold is None else threshold
         k = min(top_k, len(self.classes))
-        order = np.argsort(dist, axis=1, kind="stable")
         found = []
         for j, i in enumerate(out.rows):
-            ranked = [(self.classes[int(c)], float(dist[j, c])) for c in order[j, :k]]
+            ranked = [(self.classes[int(c)], float(dc)) for c, dc in zip(order[j, :k], d[j, :k])]
             if thr is not None and ranked and ranked[0][1] > thr:
                 ranked = [(UNKNOWN, ranked[0][1])] + ranked[: k - 1]
             found.append(Identification(ranked[0][0], ranked[0][1], ranked, out.decoded.paths[int(i)]))
@@ -170,13 +218,14 @@ class Gallery:
         """
         if top_k < 1:
             raise AnivisionError("top_k must be at least 1")
-        dist, out = self.distances(images, batch_size, progress)
-        return self.rank(dist, out.checked(skip_unreadable), top_k, threshold)
+        values, out = self.features(images, batch_size, progress)
+        out.checked(skip_unreadable)
+        return self.rank_nearest(*self.nearest(values, top_k), out, top_k, threshold)
 
 
 def identify_paths(
     gallery: str | Path, inputs: list[str], top_k: int = 3, threshold: float | None = None,
-    device: str | None = None, progress: bool = True,
+    device: str | None = None, progress: bool = True, engine: str = "torch", index: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """``anivision identify``: rows ``path, pred_1, dist_1, ..., pred_K, dist_K`` and the skipped files.
 
@@ -185,12 +234,26 @@ def identify_paths(
     """
     if top_k < 1:
         raise AnivisionError("--top-k must be at least 1")
-    g = Gallery.load(gallery, device)
-    dist, out = g.distances(inputs, progress=progress)
+    g = Gallery.load(gallery, device, engine, index)
+    values, out = g.features(inputs, progress=progress)
     rows = []
-    for ident in g.rank(dist, out, top_k, threshold):
+    for ident in g.rank_nearest(*g.nearest(values, top_k), out, top_k, threshold):
         row: dict[str, Any] = {"path": ident.source}
         for r, (name, d) in enumerate(ident.topk, 1):
             row[f"pred_{r}"], row[f"dist_{r}"] = name, d
         rows.append(row)
     return rows, out.skipped
+
+
+def _gallery_index(path: Path, meta: dict[str, Any], protos: np.ndarray, kind: str | None) -> VectorIndex:
+    """The gallery's saved index when it is of ``kind`` (default: the enrolled one), else one built from the prototypes.
+
+    Raises:
+        AnivisionError: the saved index was built with another model or dimension.
+    """
+    kind = kind or str(meta.get("index", "exact"))
+    fingerprint = str(meta.get("model_fingerprint", ""))
+    saved = path / "index"
+    if kind != "exact" and (saved / "index.json").is_file() and read_meta(saved)["kind"] == kind:
+        return VectorIndex.load(saved, dim=protos.shape[1], fingerprint=fingerprint)
+    return prototype_index(protos, kind, meta["distance"], fingerprint)

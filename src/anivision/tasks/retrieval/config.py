@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -156,7 +157,12 @@ class RetrievalConfig(RunConfig):
         if self.img_size < 16:
             raise AnivisionError(f"--img-size must be >= 16 (got {self.img_size})")
         if self.p < 2 or self.k < 2:
-            raise AnivisionError(f"PK batches need P >= 2 works and K >= 2 images (got P={self.p}, K={self.k})")
+            flag = "--p" if self.p < 2 else "--k"
+            raise AnivisionError(f"{flag} {self.p if self.p < 2 else self.k}: PK batches need P >= 2 works (--p) and K >= 2 images per work (--k)")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise AnivisionError(f"--lr must be a positive number, got {self.lr}")
+        if self.num_workers < 0:
+            raise AnivisionError(f"--workers must be at least 0, got {self.num_workers}")
         if self.metric not in ("cosine", "euclidean"):
             raise AnivisionError(f"--metric must be cosine or euclidean (got {self.metric})")
         if self.pool not in (None, "auto", "gem", "backbone"):

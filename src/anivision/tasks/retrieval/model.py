@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from anivision.data.transforms import AugmentConfig, DataConfig
 from anivision.embeddings import pick_device
 from anivision.engine.checkpoint import load_weights
 from anivision.errors import AnivisionError
+from anivision.files import read_json
 from anivision.models.backbone import create_backbone
 from anivision.models.reid_head import ReidModel
 from anivision.tasks.retrieval.config import RetrievalConfig, get_preset
@@ -70,7 +70,7 @@ def load_fold_model(fold_dir: str | Path, device: torch.device | str | None = No
     fold_dir = Path(fold_dir)
     if not has_fold_model(fold_dir):
         raise AnivisionError(f"{fold_dir}: no trained model (model.json + model.safetensors); train this fold first")
-    meta = json.loads((fold_dir / "model.json").read_text())
+    meta = read_json(fold_dir / "model.json", expect=dict)
     # Random init then the saved weights: no need for the original pretrained weights file.
     backbone = make_backbone(meta["backbone"], "none", int(meta["img_size"]))
     model = ReidModel(backbone, int(meta["num_classes"]), pool=meta["pool"], img_size=int(meta["img_size"]))

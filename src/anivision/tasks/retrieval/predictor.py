@@ -16,8 +16,10 @@ import numpy as np
 
 from anivision.data.inputs import ImageInput
 from anivision.data.reid import ReidImages, load_reid
-from anivision.embeddings import InputFeatures, embed_inputs
+from anivision.deploy import EngineRunner, ExportSpec
+from anivision.embeddings import InputFeatures, embed_inputs, model_fingerprint
 from anivision.errors import AnivisionError
+from anivision.files import absolute_path
 from anivision.models.reid_head import EmbeddingModel
 from anivision.tasks.retrieval.config import RetrievalConfig, load_run_config
 from anivision.tasks.retrieval.model import load_fold_model
@@ -48,37 +50,44 @@ class StyleRetriever:
     Build it with :meth:`load` (``anivision.retrieval.load(run)`` or ``anivision.load(run)``).
     """
 
-    def __init__(self, run_dir: str | Path, fold: int, config: RetrievalConfig, device: str | None = None) -> None:
+    def __init__(self, run_dir: str | Path, fold: int, config: RetrievalConfig, device: str | None = None, engine: str = "torch") -> None:
         self.run_dir = Path(run_dir)
         self.fold = fold
         self.config = config
         model, self.data_config = load_fold_model(self.run_dir / f"fold{fold}", device)
         self.model = EmbeddingModel(model)
+        # torch, or onnx: the fold's model exported once to RUN/onnx/ and run with ONNX Runtime.
+        self.runner = EngineRunner(engine, lambda: ExportSpec(
+            self.model, "retrieval", self.data_config, ["embeddings"], model_fingerprint(self.model), absolute_path(self.run_dir),
+            extra={"retrieval": {"fold": fold, "metric": config.metric, "backbone": config.backbone}}, name=f"fold{fold}",
+        ), self.run_dir / "onnx")
 
     @classmethod
-    def load(cls, run_dir: str | Path, fold: int | None = None, device: str | None = None) -> "StyleRetriever":
+    def load(cls, run_dir: str | Path, fold: int | None = None, device: str | None = None, engine: str = "torch") -> "StyleRetriever":
         """The model of ``fold`` (default: the first trained fold) of a retrieval run."""
         cfg = load_run_config(run_dir)
-        return cls(run_dir, pick_search_fold(run_dir, fold), cfg, device)
+        return cls(run_dir, pick_search_fold(run_dir, fold), cfg, device, engine)
 
     def __repr__(self) -> str:
         return f"StyleRetriever({str(self.run_dir)!r}, fold={self.fold}, distance={self.config.metric!r})"
 
     def features(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 64, progress: bool = False) -> InputFeatures:
-        return embed_inputs(self.model, images, self.data_config, batch_size, progress=progress)
+        return embed_inputs(self.runner.pick(self.model, "embeddings"), images, self.data_config, batch_size, progress=progress, width=self.model.num_features)
 
     def embed(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 64, skip_unreadable: bool = False, progress: bool = False) -> np.ndarray:
         """(N, D) float32 retrieval features (BNNeck output), one row per readable input."""
         return self.features(images, batch_size, progress).checked(skip_unreadable).values.astype(np.float32)
 
-    def index(self, gallery: str | Path | ReidImages, progress: bool = False) -> GalleryIndex:
-        """The gallery embedded once (saved in ``RUN/search_index/`` and reused while current)."""
+    def index(self, gallery: str | Path | ReidImages, progress: bool = False, kind: str = "exact") -> GalleryIndex:
+        """The gallery embedded once (saved in ``RUN/search_index/`` and reused while current; a grown
+        gallery embeds only its new images), with a search index of ``kind``: ``exact``, ``faiss`` or ``ivfpq``."""
         images = gallery if isinstance(gallery, ReidImages) else load_reid(gallery, strict=False)
-        return build_gallery_index(self.model.model, self.data_config, images, self.run_dir / "search_index", progress=progress)
+        return build_gallery_index(self.model.model, self.data_config, images, self.run_dir / "search_index", progress=progress,
+                                   index=kind, metric=self.config.metric)
 
     def search(
         self, images: ImageInput | Iterable[ImageInput], gallery: str | Path | ReidImages | GalleryIndex, top_k: int = 10,
-        skip_unreadable: bool = False, progress: bool = False,
+        skip_unreadable: bool = False, progress: bool = False, index: str = "exact",
     ) -> list[SearchResult]:
         """The ``top_k`` gallery images nearest to each query, with their works.
 
@@ -86,13 +95,14 @@ class StyleRetriever:
             images: query images (paths, folders, globs, PIL images, uint8 arrays).
             gallery: a ``<work>/<role>/<image>`` folder (or ``<work>/<image>``, or flat), a
                 ``path,work,role`` CSV, or an index from :meth:`index`.
+            index: the gallery's search index when ``gallery`` is not one already: ``exact``, ``faiss`` or ``ivfpq``.
 
         Raises:
             AnivisionError: ``top_k < 1``, an unreadable query (unless ``skip_unreadable``), no readable gallery image.
         """
         if top_k < 1:
             raise AnivisionError("top_k must be at least 1")
-        index = gallery if isinstance(gallery, GalleryIndex) else self.index(gallery, progress)
+        index = gallery if isinstance(gallery, GalleryIndex) else self.index(gallery, progress, index)
         out = self.features(images, progress=progress).checked(skip_unreadable)
         hits = search(index, out.values, top_k, self.config.metric) if len(out.values) else []
         results = []
