@@ -50,6 +50,9 @@ def test_ctrl_c_during_check_prints_one_line_and_exits_130(tmp_path: Path) -> No
     time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, (out, err)
+    # 130 from the command's own handler; -SIGINT when the signal lands while Python is still
+    # starting up or already shutting down (the startup hook prints the same one line, and
+    # CPython then ends by SIGINT, as a shell expects of an interrupted program).
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, out, err)
     assert err == "interrupted\n" and out == ""
     assert not (tmp_path / "rep" / "check.json").exists()

@@ -97,7 +97,7 @@ def test_supervised_pretraining_then_episodes(reference: tuple[Path, list[int]])
     s = train_fewshot(cfg, progress=False, on_step=steps.append)
     assert steps == [0, 1, 2]  # 16 training images in batches of 8, then one episode
     assert (Path(cfg.out) / "pretrain" / "backbone.safetensors").exists()
-    assert s["best_epoch"] == 1 and s["n_train_images"] == 16
+    assert s["best_epoch"] in (0, 1) and s["n_train_images"] == 16  # epoch 0 (before meta-training) is a candidate too
 
 
 def test_train_errors_for_small_classes(tmp_path: Path) -> None:

@@ -148,7 +148,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             sd = load_file(str(p))
         else:
             sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if "global" not in str(exc):  # no Python object refused: the bytes are not a torch file at all
+            raise AnivisionError(f"{p}: cannot read weights (neither a torch state dict nor a .safetensors file)") from None
         raise AnivisionError(
             f"{p}: holds pickled Python objects besides tensors, which anivision never unpickles; "
             "save a plain state dict (torch.save(model.state_dict())) or a .safetensors file"
