@@ -138,7 +138,8 @@ def test_out_holding_another_evaluation_needs_force(setup: tuple[Path, Path, Pat
     assert code == 0, err
     assert json.loads((out / "fewshot.json").read_text())["n_way"] == 2
 
-    # A grid there is another evaluation too; with --force its fewshot.md goes when a single cell replaces it.
+    # A grid there is another evaluation too; with --force a single cell replaces its table.
     assert _evaluate([*base, "--grid"], capsys)[0] == 2
     assert _evaluate([*base, "--grid", "--force"], capsys)[0] == 0 and (out / "fewshot.md").exists()
-    assert _evaluate([*base, "--n-way", "2", "--force"], capsys)[0] == 0 and not (out / "fewshot.md").exists()
+    assert _evaluate([*base, "--n-way", "2", "--force"], capsys)[0] == 0 and "20-way" not in (out / "fewshot.md").read_text()
+    assert (out / "report.html").exists()

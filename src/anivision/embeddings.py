@@ -22,12 +22,11 @@ from torch.utils.data import DataLoader
 
 from anivision.data.cache import DecodedImages, decode_images, files_fingerprint
 from anivision.data.datasets import CachedImageDataset
-from anivision.data.inputs import ImageInput, decode_inputs
+from anivision.data.inputs import ImageInput, check_unreadable, decode_inputs
 from anivision.data.transforms import DataConfig, cache_size, eval_transform
 from anivision.deploy.runtime import OnnxOutput
 from anivision.engine.distributed import torch_device
 from anivision.engine.loop import predict
-from anivision.errors import AnivisionError
 from anivision.files import remove_quietly, sweep_temp_files
 
 log = logging.getLogger(__name__)
@@ -105,12 +104,7 @@ class InputFeatures:
         Raises:
             AnivisionError: an input could not be read, naming it.
         """
-        if self.skipped and not skip_unreadable:
-            first = next(iter(self.skipped.values()))
-            more = f" (and {len(self.skipped) - 1} more)" if len(self.skipped) > 1 else ""
-            raise AnivisionError(f"{first}{more}; pass skip_unreadable=True to use the others")
-        for reason in self.skipped.values():
-            log.warning("skipped: %s", reason)
+        check_unreadable(self.skipped, skip_unreadable)
         return self
 
 

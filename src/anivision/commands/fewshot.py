@@ -103,9 +103,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "all on another --data or without RUN)")
     p.add_argument("--class-split", metavar="CLASSES",
                    help="without RUN: classes.json (or a run folder) that defines the class split (default: none)")
-    p.add_argument("--grid", action="store_true", help="{5,20}-way x {1,5}-shot (AniWho Table 8); writes fewshot.md too")
+    p.add_argument("--grid", action="store_true", help="{5,20}-way x {1,5}-shot (AniWho Table 8) in one table")
     p.add_argument("--skip-small-classes", action="store_true", help="leave out classes with fewer than K + Q images (else an error)")
-    add_shared(p, "--out", "the folder of fewshot.json",
+    add_shared(p, "--out", "the folder of fewshot.json, fewshot.md and report.html",
                default_text="RUN/fewshot-<data>-<class set>-<N>way-<K>shot (-grid with --grid), else ./fewshot-<backbone>-<data>-<class set>-...",
                metavar="DIR")
     p.add_argument("--force", action="store_true",

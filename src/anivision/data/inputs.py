@@ -9,8 +9,9 @@ training all see exactly the same pixels for the same picture.
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Mapping, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -23,6 +24,23 @@ from anivision.errors import AnivisionError
 #: One image: a file path (or folder or glob pattern, which may stand for many), a PIL image of
 #: any mode, or a uint8 numpy array (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA.
 ImageInput = Union[str, "os.PathLike[str]", Image.Image, np.ndarray]
+
+log = logging.getLogger(__name__)
+
+
+def check_unreadable(errors: Mapping[str, str], skip_unreadable: bool = False) -> None:
+    """Raise on the first unreadable input (``errors``: input -> reason), or with
+    ``skip_unreadable`` log each one as skipped: never dropped silently.
+
+    Raises:
+        AnivisionError: an input could not be read, naming it (and how many more).
+    """
+    if errors and not skip_unreadable:
+        first = next(iter(errors.values()))
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise AnivisionError(f"{first}{more}; pass skip_unreadable=True to use the others")
+    for reason in errors.values():
+        log.warning("skipped: %s", reason)
 
 
 def array_to_image(arr: np.ndarray) -> Image.Image:

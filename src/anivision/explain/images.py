@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
-from anivision.data.inputs import ImageInput, decode_inputs
+from anivision.data.inputs import ImageInput, check_unreadable, decode_inputs
 from anivision.data.transforms import DataConfig, cache_size, eval_transform
 from anivision.errors import AnivisionError
 from anivision.explain.cam import METHODS, explain_batch
@@ -113,12 +113,7 @@ def explain_images(
         raise AnivisionError(f"--method {method}: expected one of {', '.join(METHODS)}")
     target = class_index(classes, class_name)
     decoded = decode_inputs(images, cache_size(data_config))
-    if decoded.errors and not skip_unreadable:
-        first = next(iter(decoded.errors.values()))
-        more = f" (and {len(decoded.errors) - 1} more)" if len(decoded.errors) > 1 else ""
-        raise AnivisionError(f"{first}{more}; pass skip_unreadable=True to use the others")
-    for reason in decoded.errors.values():
-        log.warning("skipped: %s", reason)
+    check_unreadable(decoded.errors, skip_unreadable)
     rows = np.flatnonzero(decoded.valid)
     if len(rows) == 0:
         return []

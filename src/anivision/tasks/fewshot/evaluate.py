@@ -255,17 +255,13 @@ def check_out(out: str | Path, key: dict[str, Any], force: bool = False) -> None
 
 
 def _write(out: str | Path, report: dict[str, Any], results: list[dict[str, Any]], common: dict[str, Any]) -> None:
-    """``fewshot.json``, and ``fewshot.md`` for a grid (a single cell removes the replaced grid's)."""
+    """``fewshot.json``, ``fewshot.md`` (the N-way x K-shot table; one cell for a single
+    evaluation) and ``report.html``."""
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    replaced = (out_dir / "fewshot.json").exists()
     atomic_write_json(out_dir / "fewshot.json", report)
-    if len(results) > 1:
-        atomic_write_text(out_dir / "fewshot.md", grid_markdown(results, common))
-        write_html_report(out_dir / "fewshot.md", title="Few-shot evaluation")
-    elif replaced and (out_dir / "fewshot.md").exists():
-        (out_dir / "fewshot.md").unlink()
-        (out_dir / "report.html").unlink(missing_ok=True)
+    atomic_write_text(out_dir / "fewshot.md", grid_markdown(results, common))
+    write_html_report(out_dir / "fewshot.md", title="Few-shot evaluation")
 
 
 # ------------------------------------------------------------------------ the evaluation
