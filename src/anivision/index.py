@@ -26,7 +26,6 @@ of one backbone are never searched with queries of another.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 
 from anivision.errors import AnivisionError
 from anivision.extras import require
-from anivision.files import atomic_write_json
+from anivision.files import atomic_write_json, read_json
 
 KINDS = ("exact", "faiss", "ivfpq")
 METRICS = ("cosine", "euclidean", "sqeuclidean")
@@ -312,10 +311,7 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     p = Path(folder) / META
     if not p.is_file():
         raise AnivisionError(f"{folder}: not an index folder (no {META})")
-    try:
-        meta = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise AnivisionError(f"{p}: not valid JSON ({exc.msg}); rebuild the index") from exc
+    meta = read_json(p, expect=dict)
     if meta.get("kind") not in KINDS or meta.get("metric") not in METRICS or "dim" not in meta:
         raise AnivisionError(f"{p}: not an anivision index description; rebuild the index")
     return meta

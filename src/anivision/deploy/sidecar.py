@@ -8,12 +8,12 @@ to [0, 1] and normalised), and to name the outputs (class names, a gallery's pro
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from anivision.data.transforms import DataConfig, cache_size
 from anivision.errors import AnivisionError
+from anivision.files import read_json
 from anivision.version import __version__
 
 #: Name of the single input of every exported model: a float32 (batch, 3, S, S) NCHW tensor.
@@ -85,10 +85,7 @@ def read_sidecar(onnx_path: str | Path) -> dict[str, Any]:
     path = sidecar_path(onnx_path)
     if not path.is_file():
         raise AnivisionError(f"{path}: missing; an exported model needs the JSON written beside it by 'anivision export'")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AnivisionError(f"{path}: not valid JSON ({exc})") from exc
+    meta = read_json(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise AnivisionError(f"{path}: not an anivision ONNX sidecar (no \"format\": \"{FORMAT}\")")
     return meta

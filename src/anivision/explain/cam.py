@@ -9,7 +9,7 @@ stages (Swin, some ConvNeXt variants) permuted.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -81,13 +81,18 @@ def _probe(model: nn.Module, batch: torch.Tensor, layers: Sequence[nn.Module]) -
             if isinstance(out, torch.Tensor):
                 outs[i] = out.detach()
         hooks.append(layer.register_forward_hook(hook))
+    _forward_first_image(model, batch, hooks)
+    return outs
+
+
+def _forward_first_image(model: nn.Module, batch: torch.Tensor, hooks: list[Any]) -> None:
+    """Run ``model`` on the first image of ``batch`` (no gradients), then remove ``hooks``."""
     try:
         with torch.no_grad():
             model(batch[:1])
     finally:
         for h in hooks:
             h.remove()
-    return outs
 
 
 def _last_spatial_layer(model: nn.Module, batch: torch.Tensor) -> nn.Module:
@@ -95,12 +100,7 @@ def _last_spatial_layer(model: nn.Module, batch: torch.Tensor) -> nn.Module:
     order: list[nn.Module] = []
     hooks = [m.register_forward_hook(lambda m, _i, out: order.append(m) if isinstance(out, torch.Tensor) and out.ndim == 4 and min(out.shape[2:]) > 1 else None)
              for m in _features(model).modules()]
-    try:
-        with torch.no_grad():
-            model(batch[:1])
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward_first_image(model, batch, hooks)
     if not order:
         raise AnivisionError(f"{type(model).__name__}: no layer with a spatial output to explain; pass target_layer")
     return order[-1]

@@ -31,7 +31,7 @@ from anivision.data.transforms import DataConfig
 from anivision.embeddings import embed_paths, model_fingerprint
 from anivision.engine.distributed import DistInfo, barrier
 from anivision.errors import AnivisionError
-from anivision.files import atomic_write_csv, atomic_write_json
+from anivision.files import atomic_write_csv, atomic_write_json, read_json, replacing
 from anivision.progress import progress_bar
 from anivision.tasks.classify import ImageClassifier
 from anivision.tasks.fewshot.evaluate import backbone_spec, build_backbone
@@ -106,7 +106,7 @@ def load_collection(out: str | Path) -> EmbeddedCollection:
     if not (d / "embeddings.npy").is_file() or not (d / "paths.csv").is_file() or not (d / "manifest.json").is_file():
         raise AnivisionError(f"{d}: not a finished 'anivision embed' folder (embeddings.npy, paths.csv, manifest.json)")
     rows = [line.split(",", 2) for line in (d / "paths.csv").read_text(encoding="utf-8").splitlines()[1:]]
-    manifest = json.loads((d / "manifest.json").read_text())
+    manifest = read_json(d / "manifest.json", expect=dict)
     return EmbeddedCollection(d, np.load(d / "embeddings.npy", mmap_mode="r"), [r[2] for r in rows],
                               np.array([r[1] == "1" for r in rows], bool), manifest["fingerprint"])
 
@@ -125,7 +125,7 @@ def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
     p = out / "manifest.json"
     if not p.is_file():
         return
-    old = json.loads(p.read_text())
+    old = read_json(p, expect=dict)
     words = {"count": "collection", "files_sha1": "collection", "model": "model", "fingerprint": "model",
              "input": "input size", "shard_size": "shard size", "shards": "shard size"}
     diff = list(dict.fromkeys(words[k] for k in manifest if old.get(k) != manifest[k]))
@@ -140,10 +140,8 @@ def _shard_files(out: Path, i: int) -> tuple[Path, Path]:
 def _write_shard(out: Path, i: int, paths: list[str], features: np.ndarray, valid: np.ndarray) -> None:
     """The shard's .npy, then its .json (the completion mark), each via a temporary file and rename."""
     npy, meta = _shard_files(out, i)
-    tmp = npy.with_name(npy.name + f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    with replacing(npy) as tmp, open(tmp, "wb") as fh:
         np.save(fh, features.astype(np.float32, copy=False), allow_pickle=False)
-    os.replace(tmp, npy)
     atomic_write_json(meta, {"shard": i, "paths": paths, "valid": [bool(v) for v in valid]})
 
 
@@ -162,7 +160,7 @@ def _merge(out: Path, paths: list[str], n_shards: int) -> tuple[int, int]:
     at = 0
     for i in range(n_shards):
         npy, meta = _shard_files(out, i)
-        shard = json.loads(meta.read_text())
+        shard = read_json(meta, expect=dict)
         feats = np.load(npy, mmap_mode="r")
         if shard["paths"] != paths[at:at + len(shard["paths"])] or len(feats) != len(shard["paths"]):
             raise AnivisionError(f"{meta}: does not hold images {at}..{at + len(feats) - 1} of the collection; delete {out / 'shards'} and rerun")
