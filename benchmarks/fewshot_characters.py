@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         data=args.data, out=args.run, classes="10/3/3", seed=0, epochs=args.epochs,
         episodes_per_epoch=args.episodes_per_epoch, n_way=5, k_shot=5, n_query=10,
         val_episodes=300, val_max_per_class=args.val_max_per_class, cache_dir=args.cache_dir,
+        # The recipe of sections 5 and 9 (before the transfer embedding of section 17).
+        embedding="pooled", distance="euclidean", train_groups=0,
     )
     summary = train_fewshot(cfg, progress=True)
     t_train = time.perf_counter() - t0
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "```",
         "",
         f"Equivalent CLI: `anivision fewshot train --data ../shared/data/characters --classes 10/3/3 --seed 0 --epochs {args.epochs} "
-        f"--episodes-per-epoch {args.episodes_per_epoch} --val-max-per-class {args.val_max_per_class} --out RUN`, then "
+        f"--episodes-per-epoch {args.episodes_per_epoch} --val-max-per-class {args.val_max_per_class} --embedding pooled --distance euclidean --train-groups 0 --out RUN`, then "
         "`anivision fewshot evaluate RUN --class-set unseen --n-way 5 --k-shot 5` (and `--backbone tf_efficientnet_lite0 "
         "--weights efficientnet_lite0_imagenet --class-split RUN --class-set unseen` for the ImageNet row; "
         "`--class-set test --n-way 3` for the test-only columns).",

@@ -32,6 +32,9 @@ class RunConfig:
     DATA_KEYS: ClassVar[tuple[str, ...]] = ()
     #: A weights name or file (a file recorded absolute): a file must be the same file.
     FILE_KEYS: ClassVar[tuple[str, ...]] = ()
+    #: What a key missing from a saved config (written before the key existed) stands for, when
+    #: that is not today's default (e.g. a few-shot run from before the transfer embedding).
+    MISSING_MEANS: ClassVar[dict[str, Any]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -50,7 +53,7 @@ class RunConfig:
         unknown = sorted(set(d) - cls.known_keys())
         if unknown:
             raise AnivisionError(f"{source}: unknown config key(s) {', '.join(unknown)} (made by another anivision version?)")
-        values = dict(d)
+        values = {**cls.MISSING_MEANS, **d}
         defaults = cls().to_dict()  # type: ignore[call-arg]
         for k, v in values.items():
             if isinstance(v, list) and isinstance(defaults.get(k), tuple):
@@ -86,7 +89,7 @@ class RunConfig:
         unknown = sorted(set(old) - self.known_keys())
         if unknown:
             raise AnivisionError(f"{source}: unknown config key(s) {', '.join(unknown)}; this run folder was made by another anivision version")
-        defaults = json.loads(json.dumps(type(self)().to_dict(), default=list))  # type: ignore[call-arg]
+        defaults = json.loads(json.dumps({**type(self)().to_dict(), **self.MISSING_MEANS}, default=list))  # type: ignore[call-arg]
         new = json.loads(json.dumps(self.to_dict(), default=list))
         return sorted(
             k for k in new

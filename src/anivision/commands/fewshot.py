@@ -16,6 +16,7 @@ from anivision.commands import add_shared, deprecated, print_help_when_bare
 from anivision.errors import AnivisionError
 from anivision.files import atomic_write_csv
 from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
+from anivision.models.transfer import DEFAULT_PARTS
 from anivision.reports.fewshot import class_list, class_set_words
 from anivision.tasks.fewshot import (
     DEFAULT_REJECT_RATE,
@@ -57,8 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=DEFAULT_WEIGHTS,
                    help="starting weights: imagenet (timm's hub, needs a network) | none | efficientnet_lite0_imagenet | FILE")
     add_shared(p, "--img-size", default=128)
-    add_shared(p, "--epochs", "(AniWho: 100)", default=20)
-    p.add_argument("--episodes-per-epoch", type=int, default=100, help="training episodes per epoch")
+    add_shared(p, "--epochs", "(0: fit the embedding only; AniWho: 100)", default=2)
+    p.add_argument("--episodes-per-epoch", type=int, default=50, help="training episodes per epoch")
     p.add_argument("--n-way", type=int, default=5, help="classes per training episode")
     p.add_argument("--k-shot", type=int, default=5, help="support images per class in an episode")
     p.add_argument("--n-query", type=int, default=10, help="query images per class in an episode")
@@ -68,7 +69,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--classes", help="train/val/test class counts, e.g. 10/3/3 (default: use --ratios)")
     g.add_argument("--ratios", help="train/val/test class shares (default: 60/20/20)")
     add_shared(p, "--seed", "of the class split, episodes and augmentation", default=0)
-    add_shared(p, "--distance", default="euclidean")
+    add_shared(p, "--distance", default="cosine")
+    p.add_argument("--embedding", choices=("transfer", "pooled"), default="transfer",
+                   help="transfer: pooled features of several stages, the head and a colour histogram, each centred and "
+                   "normalised (transfers to other sources); pooled: the backbone's pooled features (the older recipe)")
+    p.add_argument("--parts", default=DEFAULT_PARTS, help=f"the transfer embedding's parts (default: {DEFAULT_PARTS})")
+    p.add_argument("--fit-images", type=int, default=1000, help="training images the transfer embedding's means are fitted on")
+    p.add_argument("--train-groups", type=int, default=2,
+                   help="top backbone parameter groups (timm's coarse groups) that meta-training trains; 0: all")
+    p.add_argument("--val-data", metavar="DIR",
+                   help="validate on every class of another source's dataset (chooses the best epoch) instead of the val classes "
+                   "(default: the val classes)")
     p.add_argument("--lr", type=float, default=0.01, help="peak learning rate")
     p.add_argument("--pretrain", choices=("none", "supervised"), default="none",
                    help="supervised: cross-entropy on the training classes first, then episodes")
@@ -161,6 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         img_size=args.img_size, classes=args.classes, ratios=args.ratios, seed=args.seed, epochs=args.epochs,
         episodes_per_epoch=args.episodes_per_epoch, n_way=args.n_way, k_shot=args.k_shot, n_query=args.n_query,
         val_episodes=args.val_episodes, val_max_per_class=args.val_max_per_class, distance=args.distance, lr=args.lr, min_crop_scale=args.min_crop_scale,
+        embedding=args.embedding, parts=args.parts, fit_images=args.fit_images, val_data=args.val_data, train_groups=args.train_groups,
         pretrain=args.pretrain, pretrain_epochs=args.pretrain_epochs, skip_small_classes=args.skip_small_classes,
         grad_clip=args.grad_clip or None, amp=args.amp,
         workers=args.workers, device=args.device, cache_dir=args.cache_dir,

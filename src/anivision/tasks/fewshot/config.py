@@ -19,22 +19,30 @@ from anivision.data.transforms import AugmentConfig
 from anivision.errors import AnivisionError
 from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
 from anivision.models.protonet import check_distance
+from anivision.models.transfer import DEFAULT_PARTS, parse_parts
 
 
 @dataclass
 class FewShotTrainConfig(RunConfig):
     """Everything that defines a meta-training run.
 
-    The optimisation follows AniWho's few-shot recipe (easy-few-shot-learning): SGD, momentum
-    0.9, weight decay 5e-4 (on every parameter, as easyfsl), lr 0.01 divided by 10 at
-    50% and 80% of the epochs; random resized crop, colour jitter 0.4, horizontal flip. AniWho
-    ran 100 epochs of 100 episodes; the defaults here are shorter for a CPU.
+    The embedding is the transfer embedding (:mod:`anivision.models.transfer`: pooled stages,
+    head and colour histogram, centred on means fitted on the training images) compared by
+    cosine; ``embedding="pooled"`` with ``distance="euclidean"`` and ``train_groups=0`` is the
+    older recipe. Meta-training trains the top ``train_groups`` backbone groups only, so the
+    lower stage that transfers best stays as it was. The optimisation follows AniWho's
+    few-shot recipe (easy-few-shot-learning): SGD, momentum 0.9, weight decay 5e-4 (on every
+    parameter, as easyfsl), lr 0.01 divided by 10 at 50% and 80% of the epochs; random resized
+    crop, colour jitter 0.4, horizontal flip. AniWho ran 100 epochs of 100 episodes; the
+    defaults here (2 x 50) fit a laptop CPU, and epoch 0 (no meta-training) is a candidate.
     """
 
     #: May change when a run folder is resumed or reused: they do not change results.
     RUNTIME_KEYS: ClassVar[tuple[str, ...]] = ("device", "workers", "cache_dir", "out")
-    DATA_KEYS: ClassVar[tuple[str, ...]] = ("data",)
+    DATA_KEYS: ClassVar[tuple[str, ...]] = ("data", "val_data")
     FILE_KEYS: ClassVar[tuple[str, ...]] = ("weights",)
+    #: Runs saved before the transfer embedding existed embedded with the pooled features.
+    MISSING_MEANS: ClassVar[dict[str, object]] = {"embedding": "pooled", "train_groups": 0}
 
     data: str = ""
     out: str = ""
@@ -45,14 +53,19 @@ class FewShotTrainConfig(RunConfig):
     classes: str | None = None
     ratios: str | None = None
     seed: int = 0
-    epochs: int = 20
-    episodes_per_epoch: int = 100
+    epochs: int = 2
+    episodes_per_epoch: int = 50
     n_way: int = 5
     k_shot: int = 5
     n_query: int = 10
     val_episodes: int = 300
     val_max_per_class: int | None = None  # cap on validation images per class (embedded every epoch)
-    distance: str = "euclidean"
+    val_data: str | None = None  # validation episodes on another source's characters (every class of it)
+    embedding: str = "transfer"  # "transfer" (models/transfer.py) or "pooled" (the backbone's pooled features)
+    parts: str = DEFAULT_PARTS  # the transfer embedding's parts
+    fit_images: int = 1000  # training images the transfer embedding's means are fitted on
+    train_groups: int = 2  # top backbone groups meta-training trains (timm's coarse groups; 0: all)
+    distance: str = "cosine"
     cosine_scale: float = 10.0
     lr: float = 0.01
     momentum: float = 0.9
@@ -79,7 +92,19 @@ class FewShotTrainConfig(RunConfig):
             raise AnivisionError("fewshot train needs --out RUN_DIR")
         if not Path(self.data).exists():
             raise AnivisionError(f"{self.data}: no such dataset folder or manifest")
-        for name in ("epochs", "episodes_per_epoch", "img_size", "k_shot", "n_query", "val_episodes", "pretrain_batch_size"):
+        if self.val_data and not Path(self.val_data).exists():
+            raise AnivisionError(f"{self.val_data}: no such dataset folder or manifest (--val-data)")
+        if self.epochs < 0:
+            raise AnivisionError("--epochs must be 0 (no meta-training: the embedding as it starts) or more")
+        if self.embedding not in ("transfer", "pooled"):
+            raise AnivisionError(f"unknown --embedding '{self.embedding}' (choose transfer or pooled)")
+        if self.embedding == "transfer":
+            parse_parts(self.parts)
+        if self.train_groups < 0:
+            raise AnivisionError("--train-groups must be 0 (all) or more")
+        if self.fit_images < 1:
+            raise AnivisionError("--fit-images must be at least 1")
+        for name in ("episodes_per_epoch", "img_size", "k_shot", "n_query", "val_episodes", "pretrain_batch_size"):
             if getattr(self, name) < 1:
                 raise AnivisionError(f"--{name.replace('_', '-')} must be at least 1")
         if self.n_way < 2:

@@ -32,8 +32,9 @@ from anivision.data.transforms import DataConfig
 from anivision.embeddings import embed_paths, pick_device
 from anivision.errors import AnivisionError
 from anivision.files import absolute_path, atomic_write_json, atomic_write_text, same_location
-from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, create_backbone, data_config
+from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, create_backbone, data_config, read_state_dict
 from anivision.models.protonet import check_distance
+from anivision.models.transfer import TransferEmbedding, TransferSpec, parse_parts
 from anivision.reports.fewshot import class_list, grid_markdown
 from anivision.reports.html import write_html_report
 from anivision.tasks.fewshot.config import FewShotTrainConfig
@@ -61,6 +62,7 @@ class BackboneSpec:
     run: str | None = None
     distance: str = "euclidean"
     crop_pct: float = 1.0
+    embedding: dict[str, Any] | None = None  # the transfer embedding's parts (TransferSpec.to_dict), None: pooled features
 
 
 def backbone_spec(run: str | None, backbone: str | None, weights: str | None, img_size: int | None) -> BackboneSpec:
@@ -78,7 +80,9 @@ def backbone_spec(run: str | None, backbone: str | None, weights: str | None, im
                 raise AnivisionError(f"{r}: not a few-shot run ({f} missing; train with 'anivision fewshot train')")
         cfg = FewShotTrainConfig.load(r / "config.json")
         run_abs = absolute_path(r)
-        return BackboneSpec(cfg.backbone, str(Path(run_abs) / "model.safetensors"), int(img_size or cfg.img_size), run=run_abs, distance=cfg.distance, crop_pct=cfg.crop_pct)
+        parts = parse_parts(cfg.parts).to_dict() if cfg.embedding == "transfer" else None
+        return BackboneSpec(cfg.backbone, str(Path(run_abs) / "model.safetensors"), int(img_size or cfg.img_size), run=run_abs,
+                            distance=cfg.distance, crop_pct=cfg.crop_pct, embedding=parts)
     if not backbone:
         backbone = DEFAULT_BACKBONE
     w = weights or DEFAULT_WEIGHTS
@@ -105,9 +109,13 @@ def run_data(run: str | Path, data: str | Path | None = None) -> str:
 
 
 def build_backbone(spec: BackboneSpec, device: str | None = None) -> tuple[nn.Module, DataConfig]:
-    """Create the backbone of ``spec`` in eval mode with its :class:`DataConfig`."""
+    """Create the embedding of ``spec`` in eval mode with its :class:`DataConfig`: the backbone, or
+    its :class:`TransferEmbedding` with the means saved beside the weights."""
     model = create_backbone(spec.backbone, spec.weights, img_size=spec.img_size)
     base = data_config(model, spec.img_size)
+    if spec.embedding is not None:
+        model = TransferEmbedding(model, TransferSpec.from_dict(spec.embedding), base.mean, base.std, spec.img_size)
+        model.load_means(read_state_dict(spec.weights), spec.weights)
     model.to(pick_device(device)).eval()
     return model, DataConfig(base.img_size, base.mean, base.std, crop_pct=spec.crop_pct)
 

@@ -259,6 +259,7 @@ def enroll_gallery(
         "model_fingerprint": model_fingerprint(model),
         "img_size": dcfg.img_size,
         "crop_pct": dcfg.crop_pct,
+        "embedding": spec.embedding,  # the transfer embedding's parts; None: pooled features
         "distance": distance,
         "normalize": True,  # absent in older galleries: raw embeddings, their threshold as recorded
         "index": index,

@@ -157,7 +157,7 @@ class Gallery:
         """
         meta, protos = load_gallery(path)
         weights = gallery_weights(path, meta)
-        spec = BackboneSpec(meta["backbone"], weights, int(meta["img_size"]), run=meta.get("run"), distance=meta["distance"], crop_pct=float(meta.get("crop_pct", 1.0)))
+        spec = BackboneSpec(meta["backbone"], weights, int(meta["img_size"]), run=meta.get("run"), distance=meta["distance"], crop_pct=float(meta.get("crop_pct", 1.0)), embedding=meta.get("embedding"))
         model, dcfg = build_backbone(spec, device)
         if model_fingerprint(model) != meta.get("model_fingerprint"):
             raise AnivisionError(f"{path}: the backbone weights {weights} changed since enrolment; re-run 'anivision enroll'")

@@ -34,6 +34,8 @@ from anivision.engine.schedules import multistep
 from anivision.models.backbone import create_backbone, data_config
 from anivision.models.classifier import Classifier
 from anivision.models.protonet import PrototypicalNetwork
+from anivision.models.transfer import TransferEmbedding, parse_parts
+from anivision.strategies import backbone_groups, set_train_mode
 from anivision.tasks.fewshot.config import FewShotTrainConfig
 from anivision.tasks.fewshot.episodes import evaluate_episodes
 from anivision.tasks.fewshot.splits import ClassSplit, class_disjoint_split, select_classes
@@ -50,8 +52,10 @@ class EpisodeData:
         decoded: decoded images of the training then the validation classes.
         labels: label of every decoded image (validation labels follow the training ones).
         train_set: the training images with the training augmentation.
-        val_positions: validation images embedded each epoch (readable, capped per class).
-        val_sampler: the fixed validation episodes, or None (fewer than 2 validation classes).
+        val_set: validation images embedded each epoch (readable, capped per class; eval
+            transform; targets 0..C-1): the validation classes, or every class of ``--val-data``.
+        val_sampler: the fixed validation episodes (positions in ``val_set``), or None (fewer
+            than 2 validation classes).
         dcfg: input size and normalisation.
     """
 
@@ -59,7 +63,7 @@ class EpisodeData:
     decoded: DecodedImages
     labels: np.ndarray
     train_set: CachedImageDataset
-    val_positions: np.ndarray
+    val_set: CachedImageDataset
     val_sampler: EpisodeSampler | None
     dcfg: DataConfig
 
@@ -107,24 +111,31 @@ def cap_per_class(positions: np.ndarray, labels: np.ndarray, valid: np.ndarray, 
     return np.sort(np.concatenate(keep)) if keep else positions
 
 
-def validation_episodes(cfg: FewShotTrainConfig, decoded: DecodedImages, positions: np.ndarray, labels: np.ndarray, split: ClassSplit) -> EpisodeSampler | None:
+def validation_episodes(cfg: FewShotTrainConfig, targets: np.ndarray, names: list[str]) -> EpisodeSampler | None:
     """Fixed validation episodes (same every epoch, so epochs compare without sampling noise).
 
     With fewer validation classes than ``n_way`` the episodes use all of them (e.g. 3-way);
     with fewer than 2 there is no validation and the last epoch is kept.
     """
-    if len(split.val) < 2:
+    if len(names) < 2:
         log.warning("fewer than 2 validation classes: no validation episodes, the last epoch is kept")
         return None
-    ok = positions[decoded.valid[positions]]
-    val_labels = labels[ok] - len(split.train)
     need = cfg.k_shot + cfg.n_query
-    usable = sum(int((val_labels == c).sum()) >= need for c in range(len(split.val)))
+    usable = sum(int((targets == c).sum()) >= need for c in range(len(names)))
     n_way = min(cfg.n_way, max(usable, 2))
     if n_way < cfg.n_way:
         log.info("validation uses %d-way episodes: only %d validation classes", n_way, usable)
-    return EpisodeSampler(val_labels, n_way, cfg.k_shot, cfg.n_query, cfg.val_episodes, seed=cfg.seed,
-                          skip_small_classes=cfg.skip_small_classes, class_names=split.val)
+    return EpisodeSampler(targets, n_way, cfg.k_shot, cfg.n_query, cfg.val_episodes, seed=cfg.seed,
+                          skip_small_classes=cfg.skip_small_classes, class_names=names)
+
+
+def other_source_validation(cfg: FewShotTrainConfig, dcfg: DataConfig, progress: bool) -> tuple[CachedImageDataset, list[str]]:
+    """``--val-data``: every class of another source's dataset, readable images capped per class."""
+    images = load_labeled(str(cfg.val_data))
+    decoded = decode_images(list(images.paths), cache_size(dcfg), cache_dir=cfg.cache_dir or default_cache_dir(), progress=progress)
+    labels = np.asarray(images.labels)
+    positions = cap_per_class(np.arange(len(labels)), labels, decoded.valid, cfg.val_max_per_class, cfg.seed)
+    return CachedImageDataset(decoded, positions, labels, eval_transform(dcfg)), list(images.classes)
 
 
 def load_episode_data(cfg: FewShotTrainConfig, run: RunFolder, dcfg: DataConfig, progress: bool) -> EpisodeData:
@@ -149,21 +160,38 @@ def load_episode_data(cfg: FewShotTrainConfig, run: RunFolder, dcfg: DataConfig,
     decoded = decode_images(paths, cache_size(dcfg), cache_dir=cfg.cache_dir or default_cache_dir(), progress=progress)
     if decoded.errors:
         run.write_text("skipped.txt", "\n".join(decoded.errors.values()) + "\n")
-    val_positions = cap_per_class(np.arange(n_train, len(paths)), labels, decoded.valid, cfg.val_max_per_class, cfg.seed)
     train_set = CachedImageDataset(decoded, np.arange(n_train), labels, train_transform(dcfg, cfg.augment()))
     # Validate the episode shape early (before any pretraining): small classes, too few classes.
     EpisodeSampler(train_set.targets, cfg.n_way, cfg.k_shot, cfg.n_query, 1, skip_small_classes=cfg.skip_small_classes, class_names=split.train)
-    return EpisodeData(split, decoded, labels, train_set, val_positions, validation_episodes(cfg, decoded, val_positions, labels, split), dcfg)
+    if cfg.val_data:
+        val_set, val_names = other_source_validation(cfg, dcfg, progress)
+        log.info("validation: %d classes of %s (another source)", len(val_names), cfg.val_data)
+    else:
+        val_positions = cap_per_class(np.arange(n_train, len(paths)), labels, decoded.valid, cfg.val_max_per_class, cfg.seed)
+        val_set, val_names = CachedImageDataset(decoded, val_positions, labels - len(split.train), eval_transform(dcfg)), list(split.val)
+    return EpisodeData(split, decoded, labels, train_set, val_set, validation_episodes(cfg, val_set.targets, val_names), dcfg)
 
 
 def validation_accuracy(backbone: nn.Module, data: EpisodeData, cfg: FewShotTrainConfig, device: torch.device, progress: bool) -> float | None:
-    """Mean accuracy of the fixed validation episodes on fresh embeddings; None without validation."""
+    """Mean accuracy of the fixed validation episodes on fresh embeddings; None without validation.
+
+    A transfer embedding's means are fitted first (always: they belong to these weights)."""
+    if isinstance(backbone, TransferEmbedding):
+        fit_means(backbone, data, cfg, device)  # the means of this epoch's weights (saved with them)
     if data.val_sampler is None:
         return None
-    ds = CachedImageDataset(data.decoded, data.val_positions, data.labels - len(data.split.train), eval_transform(data.dcfg))
-    feats = forward_batches(backbone, ds, batch_size=64, device=device, desc="val embed", progress=progress)
+    feats = forward_batches(backbone, data.val_set, batch_size=64, device=device, desc="val embed", progress=progress)
     idx, _ = data.val_sampler.sample()
     return float(evaluate_episodes(feats, idx, cfg.k_shot, cfg.distance).mean())
+
+
+def fit_means(model: TransferEmbedding, data: EpisodeData, cfg: FewShotTrainConfig, device: torch.device) -> None:
+    """Fit the transfer embedding's means on up to ``fit_images`` training images (seeded, eval transform)."""
+    n = len(data.train_set)
+    rows = np.sort(np.random.default_rng(cfg.seed).choice(n, size=min(cfg.fit_images, n), replace=False))
+    ds = CachedImageDataset(data.decoded, data.train_set.indices[rows], None, eval_transform(data.dcfg))
+    loader = DataLoader(ds, batch_size=64, shuffle=False, num_workers=0)
+    model.fit(batch[0].to(device) for batch in loader)
 
 
 def pretrain_steps(cfg: FewShotTrainConfig, data: EpisodeData) -> int:
@@ -215,7 +243,7 @@ def meta_train_epoch(
     sampler = EpisodeSampler(data.train_set.targets, cfg.n_way, cfg.k_shot, cfg.n_query, cfg.episodes_per_epoch,
                              seed=cfg.seed * 1000 + epoch, skip_small_classes=cfg.skip_small_classes, class_names=data.split.train)
     loader = DataLoader(data.train_set, batch_sampler=sampler, num_workers=cfg.workers)
-    net.train()
+    set_train_mode(net)  # the frozen lower groups' BatchNorms keep their statistics
     stats = train_one_epoch(
         net, loader, optimizer, episode_step(cfg.n_way, cfg.k_shot, cfg.n_query), epoch_lr(epoch - 1, cfg.epochs, cfg),
         device=device, start_step=start_step, amp=cfg.amp, grad_clip=cfg.grad_clip, channels_last=True, on_step=on_step,
@@ -261,29 +289,32 @@ def train_fewshot(cfg: FewShotTrainConfig, progress: bool = True, on_step: Calla
     if cfg.pretrain == "supervised":
         pretrain_supervised(cfg, backbone, data, run, device, on_step, progress)
 
+    # The embedding episodes train and evaluation uses: the transfer embedding's parts, or the pooled features.
+    model = embedding_model(backbone, cfg, base.mean, base.std)
+    freeze_lower_groups(backbone, cfg.train_groups)
     optimizer = make_optimizer("sgd", param_groups([("backbone", backbone, cfg.lr)], cfg.weight_decay, decay_1d=True), momentum=cfg.momentum)
-    state = run.resume(backbone, optimizer, BestTracker("max"), first_epoch=1)
+    state = run.resume(model, optimizer, BestTracker("max"), first_epoch=1)
     if not state.history:
         # Epoch 0: the starting point, so the log shows what meta-training adds.
-        v0 = validation_accuracy(backbone, data, cfg, device, progress)
+        v0 = validation_accuracy(model, data, cfg, device, progress)
         state.history.append({"epoch": 0, "val_acc": v0})
         run.rewrite_metrics_log(state.history)
         # Epoch 0 is a best-epoch candidate: a meta-training that only makes the embedding worse
         # on validation leaves model.safetensors holding the starting weights.
-        if state.tracker.update(v0, 0):
-            run.save_weights(backbone, "model.safetensors", metadata={"backbone": cfg.backbone, "epoch": "0"})
+        if state.tracker.update(v0, 0) or cfg.epochs == 0:
+            save_model(run, model, cfg, 0)
         if v0 is not None:
             log.info("epoch 0 (before meta-training): val %d-way %d-shot acc %.2f%%", data.val_sampler.n_way, cfg.k_shot, 100 * v0)  # type: ignore[union-attr]
-    net = PrototypicalNetwork(backbone, cfg.distance, cfg.cosine_scale)
+    net = PrototypicalNetwork(model, cfg.distance, cfg.cosine_scale)
     first_step = pretrain_steps(cfg, data)
     for epoch in state.epochs(cfg.epochs + 1):
         start = first_step + (epoch - 1) * cfg.episodes_per_epoch
         row = meta_train_epoch(net, data, optimizer, cfg, epoch, start, device, on_step, progress)
-        row["val_acc"] = validation_accuracy(backbone, data, cfg, device, progress)
+        row["val_acc"] = validation_accuracy(model, data, cfg, device, progress)
         # Without validation classes every epoch counts as the best: the last one is kept.
         if state.tracker.update(row["val_acc"], epoch):
-            run.save_weights(backbone, "model.safetensors", metadata={"backbone": cfg.backbone, "epoch": str(epoch)})
-        run.end_epoch(state, epoch, row, backbone, optimizer)
+            save_model(run, model, cfg, epoch)
+        run.end_epoch(state, epoch, row, model, optimizer)
         msg = f"epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}"
         if row["val_acc"] is not None:
             msg += f" | val {data.val_sampler.n_way}-way {cfg.k_shot}-shot acc {row['val_acc']:.2%}"  # type: ignore[union-attr]
@@ -291,6 +322,34 @@ def train_fewshot(cfg: FewShotTrainConfig, progress: bool = True, on_step: Calla
     summary = run_summary(cfg, run, state, data)
     run.write_json("train.json", summary)
     return summary
+
+
+def freeze_lower_groups(backbone: nn.Module, train_groups: int) -> None:
+    """Only the top ``train_groups`` of timm's coarse parameter groups train (0: all).
+
+    With the transfer embedding, the lower stages' pooled features are the part that transfers
+    best to other sources (RESULTS section 17): meta-training adapts the top of the network and
+    leaves them as they are.
+    """
+    groups = backbone_groups(backbone)
+    if not train_groups or train_groups >= len(groups):
+        return
+    keep = {n for g in groups[len(groups) - train_groups :] for n in g}
+    for name, p in backbone.named_parameters():
+        p.requires_grad_(name in keep)
+
+
+def embedding_model(backbone: nn.Module, cfg: FewShotTrainConfig, mean: Sequence[float], std: Sequence[float]) -> nn.Module:
+    """The run's embedding: :class:`TransferEmbedding` of ``backbone`` (``--embedding transfer``) or ``backbone`` itself."""
+    if cfg.embedding != "transfer":
+        return backbone
+    return TransferEmbedding(backbone, parse_parts(cfg.parts), mean, std, cfg.img_size).to(next(backbone.parameters()).device)
+
+
+def save_model(run: RunFolder, model: nn.Module, cfg: FewShotTrainConfig, epoch: int) -> None:
+    """``model.safetensors``: the embedding of ``epoch`` (a transfer embedding with the means that
+    :func:`validation_accuracy` fitted on it)."""
+    run.save_weights(model, "model.safetensors", metadata={"backbone": cfg.backbone, "epoch": str(epoch), "embedding": cfg.embedding})
 
 
 def run_summary(cfg: FewShotTrainConfig, run: RunFolder, state: TrainState, data: EpisodeData) -> dict[str, Any]:
