@@ -6,16 +6,19 @@ Parts (run one per command; each prints a JSON line and writes it under --out):
   row, as ``tasks/retrieval/search.py`` did) against the ``exact`` index (argpartition top-k)
   on a 100,000 x 1,280 gallery, contenders alternated.
 - ``million``: a 1,000,000 x 1,280 float32 gallery of clustered synthetic vectors (5 GB):
-  the exact numpy index, faiss flat, IVF-PQ with exact re-ranking and IVF-PQ codes only;
-  build time, search time per query (batches of 100 and single queries), recall@10 against
-  exact, the index's bytes and the process's peak memory (``ru_maxrss``).
+  the exact numpy index, faiss flat, IVF-PQ (parameters sized for the whole gallery) with exact
+  re-ranking, swept over nprobe and over the re-ranked shortlist (``--k-factors``; 1 = the PQ
+  codes' own top k); build time, search time per query (batches of 100 and single queries),
+  recall@10 against exact, the index's bytes and the process's peak memory (``ru_maxrss``).
+  On a shared CPU run it with ``OMP_WAIT_POLICY=PASSIVE`` (faiss's spinning OpenMP threads
+  otherwise make single queries and the build several times slower: RESULTS.md section 16).
 - ``real``: recall@10 and time of IVF-PQ against exact on real embeddings
   (``anivision embed`` output: embeddings.npy); 500 held-out images are the queries.
 
 Usage::
 
     nice -n 5 python benchmarks/index_speed.py exact100k --threads 2
-    nice -n 5 python benchmarks/index_speed.py million --threads 2 [--n 1000000]
+    OMP_WAIT_POLICY=PASSIVE nice -n 5 python benchmarks/index_speed.py million --threads 2 [--n 1000000]
     anivision embed ../shared/data/characters --backbone tf_efficientnet_lite0 --out /tmp/emb/characters
     nice -n 5 python benchmarks/index_speed.py real --threads 2 --embeddings /tmp/emb/characters /tmp/emb/anime-vs-photo
 """
@@ -31,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from anivision.index import VectorIndex, build_index
+from anivision.index import VectorIndex, build_index, ivfpq_params
 from anivision.metrics.retrieval import pairwise_distances
 
 
@@ -85,13 +88,15 @@ def part_exact100k(args: argparse.Namespace) -> dict:
         return np.stack([np.argsort(row, kind="stable")[:k] for row in dist])
 
     index = build_index(g, "exact", "cosine")
-    rounds = {"full_argsort": [], "exact_index": [], "argsort_only": [], "argpartition_only": []}
+    rounds = {"full_argsort": [], "exact_index": [], "matmul_only": [], "argsort_only": [], "argpartition_only": []}
     dist = pairwise_distances(q, g, "cosine")
+    qn, gn = q / np.linalg.norm(q, axis=1, keepdims=True), index._vectors  # the product both paths do: the floor
     for _ in range(args.repeat):  # alternate the contenders
         t, a = timed(today)
         rounds["full_argsort"].append(t)
         t, (_, b) = timed(lambda: index.search(q, k))
         rounds["exact_index"].append(t)
+        rounds["matmul_only"].append(timed(lambda: qn @ gn.T)[0])
         rounds["argsort_only"].append(timed(lambda: np.argsort(dist, axis=1, kind="stable")[:, :k])[0])
         rounds["argpartition_only"].append(timed(lambda: np.argpartition(dist, k - 1, axis=1)[:, :k])[0])
     med = {name: float(np.median(v)) for name, v in rounds.items()}
@@ -153,20 +158,27 @@ def part_million(args: argparse.Namespace) -> dict:
     out["kinds"]["exact"] = measure(exact, q, None, args.singles)
     print(json.dumps(out), flush=True)
     g = exact._vectors
-    for name, kind, params in (("faiss", "faiss", {}), ("ivfpq+rerank", "ivfpq", {}), ("ivfpq codes only", "ivfpq", {"rerank": 0})):
+    for name, kind in (("faiss", "faiss"), ("ivfpq+rerank", "ivfpq")):
         if kind not in args.kinds:
             continue
+        params = ivfpq_params(n, args.dim) if kind == "ivfpq" else {}  # sized for the whole gallery, not its first chunk
         t, index = timed(lambda kind=kind, params=params: build_chunked(g, kind, **params))
         out["kinds"][name] = {"build_s": t, "params": index.params} | measure(index, q, truth, args.singles)
         if kind == "ivfpq":
-            out["kinds"][name]["nprobe_sweep"] = {
-                p: {"recall_at_10": recall(truth, index.search(q, 10, nprobe=p)[1]),
-                    "ms_per_query_batch": 1000 * timed(lambda p=p: index.search(q, 10, nprobe=p))[0] / len(q)}
-                for p in (8, 16, 32, 64, 128)
-            }
+            out["kinds"][name]["nprobe_sweep"] = sweep(index, q, truth)
+            # the shortlist re-ranked exactly: k_factor x k candidates (1: the PQ codes' own top k), on the same trained index
+            for kf in args.k_factors:
+                index._faiss.k_factor = float(kf)
+                out["kinds"][name].setdefault("k_factor_sweep", {})[kf] = sweep(index, q, truth)
         del index
         print(json.dumps(out), flush=True)
     return out
+
+
+def sweep(index: VectorIndex, q: np.ndarray, truth: np.ndarray, probes: tuple[int, ...] = (8, 16, 32, 64, 128)) -> dict:
+    """Recall@10 and batch time per query of an ``ivfpq`` index at several ``nprobe``."""
+    return {p: {"recall_at_10": recall(truth, index.search(q, 10, nprobe=p)[1]),
+                "ms_per_query_batch": 1000 * timed(lambda p=p: index.search(q, 10, nprobe=p))[0] / len(q)} for p in probes}
 
 
 def part_real(args: argparse.Namespace) -> dict:
@@ -197,6 +209,7 @@ def main() -> None:
     ap.add_argument("--singles", type=int, default=20, help="single-query searches timed (median)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--kinds", nargs="*", default=["faiss", "ivfpq"], help="million: the faiss kinds to build (training IVF-PQ is the slow part)")
+    ap.add_argument("--k-factors", type=int, nargs="*", default=[1, 30, 100], help="million: ivfpq re-ranking shortlist factors also swept")
     ap.add_argument("--embeddings", nargs="*", default=[], help="real: folders from 'anivision embed'")
     ap.add_argument("--out", default="benchmarks/results/index_speed")
     ap.add_argument("--work", default="/tmp/index_speed", help="million: where the generated gallery (an exact index folder, 5 GB) is kept")

@@ -9,7 +9,8 @@ Needs two classification runs on ../shared/data/characters (the run folders outs
 Then:
   python benchmarks/onnx_speed.py speed   --run /tmp/onnxbench/cnn            # 1 thread, batch 64, 128 px; batch-1 latency
   python benchmarks/onnx_speed.py parity  --run /tmp/onnxbench/cnn --run /tmp/onnxbench/vit   # 200 images of each run
-  python benchmarks/onnx_speed.py int8    --run /tmp/onnxbench/cnn            # test accuracy fp32 vs INT8, top-1 agreement
+  python benchmarks/onnx_speed.py int8    --run /tmp/onnxbench/cnn --unseen 1000   # test accuracy fp32 vs INT8, top-1 agreement
+  python benchmarks/onnx_speed.py int8-variants --run /tmp/onnxbench/cnn --unseen 1000   # static INT8 options compared
   python benchmarks/onnx_speed.py predict --run /tmp/onnxbench/cnn --images ../shared/data/characters --n 5000 --work /tmp/onnxbench
 
 Every contender runs in the same process, alternating round by round, so a machine shared with
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -152,12 +154,120 @@ def cmd_int8(args: argparse.Namespace) -> None:
     _, int8 = exports(run)
     meta = json.loads(int8.with_suffix(".json").read_text())
     paths, labels = test_images(run)
-    fp = clf.outputs(paths, "logits", batch_size=64).values
-    q = embed_inputs(OnnxModel(int8).output("logits"), paths, clf.data_config).values
-    acc_fp, acc_q = (fp.argmax(1) == labels).mean(), (q.argmax(1) == labels).mean()
     print(f"{run.name}: INT8 {meta['int8']}")
-    print(f"  test images {len(labels)}: accuracy fp32 (torch) {100 * acc_fp:.2f}%, INT8 (onnx) {100 * acc_q:.2f}% "
-          f"({100 * (acc_q - acc_fp):+.2f} pt); top-1 agreement {100 * (fp.argmax(1) == q.argmax(1)).mean():.2f}%")
+    sets = [("test images", paths, labels)]
+    if args.unseen:
+        sets.append((f"test + {args.unseen} unseen images", *unseen_images(run, clf.classes, args.images, args.unseen, paths, labels)))
+    for what, p, y in sets:
+        fp = clf.outputs(p, "logits", batch_size=64).values
+        q = embed_inputs(OnnxModel(int8).output("logits"), p, clf.data_config).values
+        acc_fp, acc_q = (fp.argmax(1) == y).mean(), (q.argmax(1) == y).mean()
+        print(f"  {what} ({len(y)}): accuracy fp32 (torch) {100 * acc_fp:.2f}%, INT8 (onnx) {100 * acc_q:.2f}% "
+              f"({100 * (acc_q - acc_fp):+.2f} pt); top-1 agreement {100 * (fp.argmax(1) == q.argmax(1)).mean():.2f}%")
+
+
+def unseen_images(run: Path, classes: list[str], images: str, n: int, paths: list[str], labels: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The run's test images plus a seeded pick of ``n`` images of the ``images`` class folders that the
+    run's split does not list (a run trained on a subset never saw them)."""
+    from anivision.data.folder import scan_class_folders
+
+    listed = {str(Path(p).resolve()) for p in read_split(run / "split.csv", verify=False).paths}
+    found = scan_class_folders(images)
+    rest = [(p, classes.index(found.classes[y])) for p, y in zip(found.paths, found.labels) if str(Path(p).resolve()) not in listed]
+    pick = sorted(np.random.default_rng(1).choice(len(rest), size=min(n, len(rest)), replace=False).tolist())
+    return list(paths) + [rest[i][0] for i in pick], np.concatenate([labels, np.asarray([rest[i][1] for i in pick], dtype=labels.dtype)])
+
+
+#: Static INT8 variants compared by ``int8-variants``: quantize_static options (QDQ, per-channel, uint8 activations throughout).
+#: ``dw8``: depthwise weights keep 8 bits; ``keep``: layers left in float32; ``default``: what ``anivision export --int8`` does.
+VARIANTS = {
+    "8-bit weights everywhere": {"reduce_range": False},
+    "7-bit weights everywhere (reduce_range; the previous default)": {},
+    "7-bit, depthwise 8-bit": {"dw8": True},
+    "7-bit, depthwise 8-bit, Percentile calibration": {"dw8": True, "calibrate_method": "Percentile"},
+    "7-bit, depthwise 8-bit, stem and head in float32 (default)": {"dw8": True, "keep": ("stem", "head")},
+    "7-bit, depthwise convolutions in float32": {"keep": ("depthwise",)},
+    "U8U8 (uint8 weights, 8-bit)": {"reduce_range": False, "weight_type": "QUInt8"},
+}
+
+
+def quantize_variant(src: Path, out: Path, calib: torch.utils.data.Dataset, reduce_range: bool = True, dw8: bool = False,
+                     keep: tuple[str, ...] = (), calibrate_method: str = "MinMax", weight_type: str = "QInt8") -> None:
+    """``src`` (an fp32 export, already through quant_pre_process) quantized with one :data:`VARIANTS` entry."""
+    import onnx
+    from onnxruntime import quantization as oq
+
+    from anivision.deploy.quantize import batch_reader, depthwise_weights
+
+    graph = onnx.load(str(src)).graph
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    dw = set(depthwise_weights(src))
+    names = {"stem": [convs[0].name], "head": [convs[-1].name] + [n.name for n in graph.node if n.op_type == "Gemm"],
+             "depthwise": [n.name for n in convs if n.input[1] in dw]}
+    excluded = [x for k in keep for x in names[k]]
+    after = {n.input[0]: n.name for n in graph.node if n.op_type == "Clip"}  # a float conv keeps its ReLU6 in float too
+    excluded += [after[o] for n in graph.node if n.name in excluded for o in n.output if o in after]
+    extra = {"TensorQuantOverrides": {w: [{"axis": 0, "reduce_range": False}] for w in dw}} if dw8 else {}
+    # equal batches: the histogram calibrators cannot stack a shorter last batch
+    oq.quantize_static(str(src), str(out), batch_reader(calib, math.gcd(len(calib), 16)), quant_format=oq.QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
+                       activation_type=oq.QuantType.QUInt8, weight_type=getattr(oq.QuantType, weight_type),
+                       calibrate_method=getattr(oq.CalibrationMethod, calibrate_method), nodes_to_exclude=excluded, extra_options=extra)
+
+
+def cmd_int8_variants(args: argparse.Namespace) -> None:
+    """Each of :data:`VARIANTS` on one run: top-1 agreement with torch fp32 and accuracy on the test split plus
+    ``--unseen`` images, then speed at 1 thread, batch 64, every variant alternating with torch eager and ONNX fp32."""
+    import shutil
+
+    from onnxruntime.quantization import quant_pre_process
+
+    from anivision.api.onnx_export import calibration_set
+    from anivision.deploy import sidecar_path
+
+    run, work = Path(args.run[0]), Path(args.work) / "int8-variants"
+    work.mkdir(parents=True, exist_ok=True)
+    clf = av.load(run)
+    fp32, _ = exports(run)
+    pre = work / "pre.onnx"
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    calib = calibration_set(clf, clf.data_config, args.calibration)
+    paths, labels = test_images(run)
+    paths, labels = unseen_images(run, clf.classes, args.images, args.unseen, paths, labels)
+    x = batch_of(clf, paths)
+    model = clf.model.float().eval()
+    with torch.inference_mode():
+        fp = torch.cat([model(x[i:i + 64]) for i in range(0, len(x), 64)]).numpy()
+    n_test = len(test_images(run)[1])
+    print(f"{run.name}: {len(labels)} images ({n_test} test + {len(labels) - n_test} unseen), {len(calib)} calibration images; "
+          f"fp32 (torch) accuracy {100 * (fp.argmax(1) == labels).mean():.2f}% (test split {100 * (fp[:n_test].argmax(1) == labels[:n_test]).mean():.2f}%)")
+    sessions = {"onnx fp32": OnnxModel(fp32, threads=1)}
+    for i, (name, opts) in enumerate(VARIANTS.items()):
+        out = work / f"v{i}.onnx"
+        quantize_variant(pre, out, calib, **opts)
+        shutil.copy(sidecar_path(fp32), sidecar_path(out))
+        q = OnnxModel(out, threads=2)
+        ql = np.concatenate([q.run(x[j:j + 64].numpy())["logits"] for j in range(0, len(x), 64)])
+        agree, acc = ql.argmax(1) == fp.argmax(1), ql.argmax(1) == labels
+        print(f"  {name}: agreement {100 * agree.mean():.2f}% (test split {100 * agree[:n_test].mean():.2f}%), accuracy {100 * acc.mean():.2f}% "
+              f"({100 * (acc.mean() - (fp.argmax(1) == labels).mean()):+.2f} pt; test split {100 * acc[:n_test].mean():.2f}%)", flush=True)
+        sessions[name] = OnnxModel(out, threads=1)
+    torch.set_num_threads(1)
+    xb = x[:64].contiguous()
+    xn = xb.numpy()
+    contenders = {"torch eager": lambda: model(xb)} | {k: (lambda s=s: s.run(xn)) for k, s in sessions.items()}
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    with torch.inference_mode():
+        for f in contenders.values():
+            f()
+        for _ in range(args.rounds):
+            for name, f in contenders.items():
+                t0 = time.perf_counter()
+                f()
+                times[name].append(time.perf_counter() - t0)
+    eager = 64 / np.median(times["torch eager"])
+    print(f"1 thread, batch 64, {args.rounds} alternating rounds (median):")
+    for name, ts in times.items():
+        print(f"  {name:60s} {64 / np.median(ts):7.1f} img/s  {64 / np.median(ts) / eager:4.2f}x eager")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -189,18 +299,20 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("speed", "parity", "int8", "predict"))
+    p.add_argument("what", choices=("speed", "parity", "int8", "int8-variants", "predict"))
     p.add_argument("--run", action="append", required=True, help="classification run folder (repeat for parity)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--latency-n", type=int, default=50)
     p.add_argument("--images", default="../shared/data/characters")
     p.add_argument("--n", type=int, default=5000)
+    p.add_argument("--calibration", type=int, default=200, help="int8-variants: calibration images from the training split")
+    p.add_argument("--unseen", type=int, default=0, help="int8: also score the test split plus N images the run's split does not list")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default="/tmp/onnxbench")
     p.add_argument("--cold", action="store_true", help="predict: time a first --engine onnx call apart (the export, if not cached)")
     args = p.parse_args()
-    {"speed": cmd_speed, "parity": cmd_parity, "int8": cmd_int8, "predict": cmd_predict}[args.what](args)
+    {"speed": cmd_speed, "parity": cmd_parity, "int8": cmd_int8, "int8-variants": cmd_int8_variants, "predict": cmd_predict}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 from PIL import Image
 
 import anivision as av
@@ -154,6 +156,16 @@ def test_int8_export_static_for_cnn_dynamic_for_vit(cnn_run: Path, vit_run: Path
     fp32 = clf.outputs(paths, "logits").values
     assert int8.shape == fp32.shape and (int8.argmax(1) == fp32.argmax(1)).mean() >= 0.8
     assert 0 < np.abs(int8 - fp32).max() < 0.5 * np.abs(fp32).max()  # quantized: close, not identical
+    # Weights: 7-bit codes (reduce_range: no u8s8 saturation) for ordinary convolutions, all 8 bits for depthwise ones;
+    # the first and last convolutions stay float32.
+    graph = onnx.load(str(out)).graph
+    codes = {i.name: np.abs(numpy_helper.to_array(i).astype(np.int32)).max() for i in graph.initializer}
+    dq = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    convs = [(any(a.name == "group" and a.i > 1 for a in n.attribute), codes.get(dq.get(n.input[1]))) for n in graph.node if n.op_type == "Conv"]
+    assert convs[0][1] is None and convs[-1][1] is None and all(c is not None for _, c in convs[1:-1])
+    inner = convs[1:-1]
+    assert any(d for d, _ in inner) and any(not d for d, _ in inner)
+    assert all(c > 64 for d, c in inner if d) and all(c <= 64 for d, c in inner if not d)
 
 
 def test_engine_onnx_through_the_cli_predict_and_evaluate(cnn_run: Path, work: Path, tmp_path: Path) -> None:

@@ -218,8 +218,10 @@ class VectorIndex:
         dists, poss = [], []
         for s in range(0, len(q), rows):
             qc = q[s:s + rows]
-            if self.metric == "cosine":
-                vals, pos = top_k_smallest(-(qc @ g.T), k)
+            if self.metric == "cosine":  # one sgemm per chunk, negated in place (no second (Q, N) block)
+                block = qc @ g.T
+                np.negative(block, out=block)
+                vals, pos = top_k_smallest(block, k)
                 vals = 1.0 + vals
             else:  # ||q||^2 is the same along a row: select on ||g||^2 - 2 q.g, add it after
                 block = qc @ g.T
