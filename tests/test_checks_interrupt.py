@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -56,3 +57,24 @@ def test_ctrl_c_during_check_prints_one_line_and_exits_130(tmp_path: Path) -> No
     assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, out, err)
     assert err == "interrupted\n" and out == ""
     assert not (tmp_path / "rep" / "check.json").exists()
+
+
+def test_ctrl_c_while_the_pool_starts_reaches_the_parent_and_stops_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race CI met: a Ctrl-C while worker processes start. It must not kill a worker before it
+    ignores SIGINT (``imap`` would wait for its lost task); it stays pending until the pool is up,
+    then interrupts the parent, and the workers (which ignore SIGINT) are terminated."""
+    import multiprocessing as mp
+
+    from anivision.data.checks import dataset
+
+    real = mp.context.BaseContext.Pool
+
+    def pool_then_ctrl_c(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        pool = real(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # blocked now: pending until the pool has started
+        return pool
+
+    monkeypatch.setattr(mp.context.BaseContext, "Pool", pool_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        dataset._start_pool(2)
+    assert not [c for c in mp.active_children() if c.is_alive()]

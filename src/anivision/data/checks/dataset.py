@@ -50,8 +50,38 @@ class _UnionFind:
 
 
 def _ignore_sigint() -> None:
-    """Pool worker initialiser: leave SIGINT (Ctrl-C) to the parent process."""
+    """Pool worker initialiser: leave SIGINT (Ctrl-C) to the parent process.
+
+    The worker starts with SIGINT blocked (see :func:`_start_pool`): ignore it, then unblock.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _start_pool(workers: int) -> Any:
+    """A process pool whose workers never see Ctrl-C, with no race at their start.
+
+    A worker forked before its initializer runs would take a Ctrl-C of the process group as a
+    ``KeyboardInterrupt`` and die with its task, leaving ``imap`` waiting for a result that never
+    comes (seen in CI: the check then ran on, ignoring the interrupt). SIGINT is therefore blocked
+    while the pool starts (the workers inherit the mask and ignore it before unblocking); a
+    Ctrl-C in that window stays pending and reaches the parent as soon as it is unblocked.
+    """
+    import multiprocessing as mp
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        pool = mp.get_context().Pool(workers, initializer=_ignore_sigint)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        raise
+    try:
+        # Unblocking runs a pending handler at once (CPython checks signals in pthread_sigmask).
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    except KeyboardInterrupt:
+        pool.terminate()  # workers ignore SIGINT: without this they would outlive the command
+        raise
+    return pool
 
 
 def _map_progress(fn: Any, paths: list[str], workers: int, progress: bool, desc: str) -> Iterable[Any]:
@@ -59,11 +89,9 @@ def _map_progress(fn: Any, paths: list[str], workers: int, progress: bool, desc:
     bar = progress_bar(None, progress, total=len(paths), desc=desc, unit="img", leave=False)
     try:
         if workers > 1 and len(paths) > 256:
-            import multiprocessing as mp
-
             # Workers ignore Ctrl-C: the parent alone stops (and terminates them), so an
             # interrupt prints no worker traceback or "Process ForkPoolWorker" line.
-            with mp.get_context().Pool(workers, initializer=_ignore_sigint) as pool:
+            with _start_pool(workers) as pool:
                 for res in pool.imap(fn, paths, chunksize=64):
                     bar.update()
                     yield res
