@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 from anivision.commands import Parser, bench, classify, data, demo, embed, explain, export, faces, fewshot, retrieval, serve, synth
-from anivision.errors import INTERRUPTED, INTERRUPTED_RESUMABLE, AnivisionError
+from anivision.errors import INTERRUPTED, INTERRUPTED_RESUMABLE, AnivisionError, end_of_startup
 from anivision.files import os_error_line
 from anivision.version import __version__
 
@@ -62,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     quiet = "--quiet" in argv or "-q" in argv
     argv = [a for a in argv if a not in ("--debug", "--quiet", "-q")]
+    end_of_startup()  # from here on Ctrl-C is a KeyboardInterrupt that the handler below reports
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -10,7 +10,9 @@ place, the CLI's handler (:func:`anivision.files.os_error_line`).
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from types import TracebackType
 
 
@@ -46,3 +48,23 @@ def quiet_interrupts_while_starting() -> None:
 
     hook._anivision = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+    # A KeyboardInterrupt raised inside a library's import can be swallowed by its broad
+    # ``except`` (seen in CI: the command then ran on, Ctrl-C ignored). While starting, Ctrl-C
+    # therefore ends the process at once; ``cli.main`` restores Python's handler
+    # (:func:`end_of_startup`) before a command runs, so commands see KeyboardInterrupt as usual.
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _exit_interrupted)
+
+
+def _exit_interrupted(signum: int, frame: object) -> None:
+    """SIGINT while the command line imports: one line, exit 130, nothing else runs."""
+    try:
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+    finally:
+        os._exit(130)
+
+
+def end_of_startup() -> None:
+    """Give Ctrl-C back to Python (``KeyboardInterrupt``) once the command line has imported."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is _exit_interrupted:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
