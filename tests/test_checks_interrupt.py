@@ -42,6 +42,9 @@ def test_ctrl_c_during_check_prints_one_line_and_exits_130(tmp_path: Path) -> No
     proc = subprocess.Popen(
         [sys.executable, "-m", "anivision.cli", "data", "check", str(data), "--workers", "2", "--out", str(tmp_path / "rep")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env,
+        # A pytest started in the background (``cmd &``) ignores SIGINT and its children inherit
+        # that: give the command the default disposition a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     # Ctrl-C in a terminal reaches the whole process group, workers included: do the same once
     # the worker pool is running.
@@ -75,6 +78,10 @@ def test_ctrl_c_while_the_pool_starts_reaches_the_parent_and_stops_the_workers(m
         return pool
 
     monkeypatch.setattr(mp.context.BaseContext, "Pool", pool_then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        dataset._start_pool(2)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal gives it, even under `pytest &`
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            dataset._start_pool(2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert not [c for c in mp.active_children() if c.is_alive()]

@@ -49,7 +49,7 @@ def quiet_interrupts_while_starting() -> None:
     hook._anivision = True  # type: ignore[attr-defined]
     sys.excepthook = hook
     # A KeyboardInterrupt raised inside a library's import can be swallowed by its broad
-    # ``except`` (seen in CI: the command then ran on, Ctrl-C ignored). While starting, Ctrl-C
+    # ``except`` (the command would then run on, Ctrl-C ignored). While starting, Ctrl-C
     # therefore ends the process at once; ``cli.main`` restores Python's handler
     # (:func:`end_of_startup`) before a command runs, so commands see KeyboardInterrupt as usual.
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:

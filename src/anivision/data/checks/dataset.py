@@ -63,7 +63,7 @@ def _start_pool(workers: int) -> Any:
 
     A worker forked before its initializer runs would take a Ctrl-C of the process group as a
     ``KeyboardInterrupt`` and die with its task, leaving ``imap`` waiting for a result that never
-    comes (seen in CI: the check then ran on, ignoring the interrupt). SIGINT is therefore blocked
+    comes. SIGINT is therefore blocked
     while the pool starts (the workers inherit the mask and ignore it before unblocking); a
     Ctrl-C in that window stays pending and reaches the parent as soon as it is unblocked.
     """
