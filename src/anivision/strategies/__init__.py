@@ -36,6 +36,13 @@ def backbone_groups(backbone: nn.Module) -> list[list[str]]:
     return list(groups.values())
 
 
+def train_top_groups(backbone: nn.Module, groups: list[list[str]], k: int) -> None:
+    """``requires_grad`` on the parameters of the top ``k`` of ``groups`` (bottom to top), off elsewhere."""
+    train_names = {n for g in groups[len(groups) - k :] for n in g} if k else set()
+    for name, p in backbone.named_parameters():
+        p.requires_grad_(name in train_names)
+
+
 @dataclass
 class Strategy:
     """Which backbone groups train at each epoch.
@@ -82,10 +89,7 @@ class Strategy:
             model: a :class:`~anivision.models.classifier.Classifier` (``backbone`` + ``head``).
             epoch: 0-based epoch about to start.
         """
-        k = self.n_trainable_groups(epoch)
-        train_names = {n for g in self.groups[len(self.groups) - k :] for n in g} if k else set()
-        for name, p in model.backbone.named_parameters():
-            p.requires_grad_(name in train_names)
+        train_top_groups(model.backbone, self.groups, self.n_trainable_groups(epoch))
         for p in model.head.parameters():
             p.requires_grad_(True)
 

@@ -35,7 +35,7 @@ from anivision.models.backbone import create_backbone, data_config
 from anivision.models.classifier import Classifier
 from anivision.models.protonet import PrototypicalNetwork
 from anivision.models.transfer import TransferEmbedding, parse_parts
-from anivision.strategies import backbone_groups, set_train_mode
+from anivision.strategies import backbone_groups, set_train_mode, train_top_groups
 from anivision.tasks.fewshot.config import FewShotTrainConfig
 from anivision.tasks.fewshot.episodes import evaluate_episodes
 from anivision.tasks.fewshot.splits import ClassSplit, class_disjoint_split, select_classes
@@ -332,11 +332,8 @@ def freeze_lower_groups(backbone: nn.Module, train_groups: int) -> None:
     leaves them as they are.
     """
     groups = backbone_groups(backbone)
-    if not train_groups or train_groups >= len(groups):
-        return
-    keep = {n for g in groups[len(groups) - train_groups :] for n in g}
-    for name, p in backbone.named_parameters():
-        p.requires_grad_(name in keep)
+    if train_groups and train_groups < len(groups):
+        train_top_groups(backbone, groups, train_groups)
 
 
 def embedding_model(backbone: nn.Module, cfg: FewShotTrainConfig, mean: Sequence[float], std: Sequence[float]) -> nn.Module:
