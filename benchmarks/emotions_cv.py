@@ -94,6 +94,12 @@ PRESETS["manga15"] = {**PRESETS["manga12"], "epochs": 15}
 # The same at 192 px (the 128 px images upscaled: ImageNet features see faces nearer their scale).
 PRESETS["manga192"] = {**PRESETS["manga128"], "img_size": 192}
 
+# Session 6 candidates: one change each against "today" (10 epochs, batch 32, 128 px).
+PRESETS["e20"] = {**TODAY, "epochs": 20, "patience": 8}
+PRESETS["e20b16"] = {**TODAY, "epochs": 20, "batch_size": 16, "patience": 8}
+PRESETS["lrbb2e3"] = {**TODAY, "lr_backbone": 2e-3}
+PRESETS["s224"] = {**TODAY, "img_size": 224}
+
 
 def make_folds(labels: list[int], n_folds: int, seed: int) -> np.ndarray:
     """(N,) fold index: each class shuffled and dealt round-robin (offset per class for balance)."""

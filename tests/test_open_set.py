@@ -145,3 +145,39 @@ def test_old_gallery_without_normalize_keeps_raw_distances(tmp_path: Path) -> No
     want = ((emb.values[0][None, :].astype(np.float64) - raw_protos) ** 2).sum(1)
     np.testing.assert_allclose(dist[0], want, rtol=1e-4)
     assert old.identify([query])[0].known  # the recorded (raw) threshold still applies
+
+
+def test_enroll_with_a_classification_run_uses_its_fine_tuned_backbone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # A classifier trained on the characters enrols them with its own backbone (head dropped):
+    # the prototypes are the mean unit embeddings of that backbone, not of ImageNet or random weights.
+    from conftest import make_class_folders
+
+    from anivision.embeddings import embed_paths
+    from anivision.models.backbone import create_backbone
+    from anivision.tasks.classify.model import load_run
+
+    data = make_class_folders(tmp_path / "data", n_classes=3, n_per_class=8, size=32)
+    run, cache = tmp_path / "clf", tmp_path / "cache"
+    assert main(["-q", "train", "--data", str(data), "--out", str(run), "--backbone", *TINY[:3], "--img-size", "32", "--epochs", "1",
+                 "--batch-size", "8", "--cache-dir", str(cache)]) == 0
+    gallery = tmp_path / "gallery"
+    assert main(["enroll", str(run), str(data), "--out", str(gallery), "--cache-dir", str(cache)]) == 0
+    assert "trained on 3 of these 3 characters" in capsys.readouterr().out
+    meta = json.loads((gallery / "gallery.json").read_text())
+    assert Path(meta["weights"]) == (run / "model.safetensors").resolve() and meta["img_size"] == 32
+    assert meta["trained_on_enrolled"] == ["class0", "class1", "class2"]  # enroll printed that its estimate is optimistic
+    protos = load_file(str(gallery / "prototypes.safetensors"))["prototypes"].numpy()
+    clf, _, _, dcfg = load_run(run)
+    files = sorted((data / "class0").iterdir())
+
+    def embed(net: torch.nn.Module) -> np.ndarray:
+        return l2_normalise(embed_paths(net.eval(), files, dcfg, cache_dir=cache, progress=False).features).mean(0)
+
+    np.testing.assert_allclose(protos[0], embed(clf.backbone), atol=2e-4)
+    untrained = create_backbone("test_efficientnet", "none", img_size=32).eval()
+    assert np.abs(protos[0] - embed(untrained)).max() > 1e-2
+    assert main(["-q", "enroll", str(run), str(data), "--weights", "none", "--out", str(tmp_path / "g2")]) == 2
+    import anivision as av  # the Python API takes the same run
+
+    g = av.enroll(str(run), data, k_shot=4, out=tmp_path / "g3")
+    assert g.meta["weights"] == meta["weights"] and g.meta["counts"] == [4, 4, 4]

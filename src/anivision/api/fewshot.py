@@ -4,7 +4,7 @@
 
     import anivision as av
     model = av.fewshot.train(data="data/characters", classes="10/3/3", epochs=6, out="runs/proto")
-    gallery = av.enroll("runs/proto", "my_characters/", k_shot=5)     # or a backbone name
+    gallery = av.enroll("runs/proto", "my_characters/", k_shot=5)     # or a classifier run, or a backbone name
     gallery.identify(["new.png", pil_image], top_k=3)                 # -> [Identification(label, distance, topk, source)]
 """
 
@@ -23,7 +23,8 @@ def load(run: str | Path, device: str | None = None, engine: str = "torch") -> F
 
 
 def model(source: str | Path, weights: str | None = None, img_size: int | None = None, device: str | None = None) -> FewShotModel:
-    """A few-shot run folder, or a timm backbone name (with ``weights``: ``efficientnet_lite0_imagenet``,
+    """A few-shot run folder, a classification run folder (its fine-tuned backbone, head dropped),
+    or a timm backbone name (with ``weights``: ``efficientnet_lite0_imagenet``,
     ``imagenet``, ``none`` or a file; default the offline ImageNet Lite0 weights)."""
     if Path(source).is_dir():
         if weights is not None:
@@ -40,7 +41,7 @@ def enroll(
     """One prototype per character folder of ``characters``, as ``anivision enroll`` does.
 
     Args:
-        source: a few-shot run folder, a timm backbone name, or a :class:`FewShotModel`.
+        source: a few-shot or classification run folder, a timm backbone name, or a :class:`FewShotModel`.
         characters: a folder with one sub-folder of images per character.
         out: the gallery folder (default: a new temporary folder; pass ``out`` to keep it).
         k_shot: K seeded-random images per character (default: all).

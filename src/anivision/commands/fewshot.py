@@ -129,11 +129,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "enroll", help="one prototype per character folder, for 'anivision identify'",
         description="Enrol characters: one prototype per folder of CHARACTERS (adding a character = adding a folder), "
-        "embedded with a few-shot run or a plain timm backbone, e.g. 'anivision enroll runs/proto my_characters/ --out gallery/' "
+        "embedded with a few-shot run, a classification run's fine-tuned backbone or a plain timm backbone, "
+        "e.g. 'anivision enroll runs/proto my_characters/ --out gallery/' "
         "or 'anivision enroll tf_efficientnet_lite0 my_characters/ --weights efficientnet_lite0_imagenet --out gallery/'.",
     )
     p.add_argument("source", metavar="SOURCE",
-                   help="few-shot run folder from 'anivision fewshot train', or (not a folder) a timm backbone name used with --weights")
+                   help="run folder from 'anivision fewshot train' or 'anivision train' (its fine-tuned backbone, head dropped), "
+                   "or (not a folder) a timm backbone name used with --weights")
     p.add_argument("characters", metavar="CHARACTERS", help="folder of character folders, a few images each")
     p.add_argument("--weights", help="with a backbone SOURCE: imagenet | none | efficientnet_lite0_imagenet | FILE "
                    "(default: efficientnet_lite0_imagenet)")
@@ -257,14 +259,14 @@ def _reject_rate(args: argparse.Namespace) -> float:
     return rate
 
 def _enroll_spec(args: argparse.Namespace) -> BackboneSpec:
-    """SOURCE: a few-shot run folder, or (not a folder) a timm backbone name with ``--weights``."""
+    """SOURCE: a few-shot or classification run folder, or (not a folder) a timm backbone name with ``--weights``."""
     source = Path(args.source)
     if source.is_dir():
         if args.weights:
-            raise AnivisionError(f"{source}: a few-shot run brings its own weights; drop --weights (or give a backbone name as SOURCE)")
+            raise AnivisionError(f"{source}: a run brings its own weights; drop --weights (or give a backbone name as SOURCE)")
         return backbone_spec(str(source), None, None, args.img_size)
     if source.exists() or "/" in args.source or "\\" in args.source:
-        raise AnivisionError(f"{source}: not a few-shot run folder (SOURCE is a run folder or a timm backbone name)")
+        raise AnivisionError(f"{source}: not a run folder (SOURCE is a run folder or a timm backbone name)")
     return backbone_spec(None, args.source, args.weights, args.img_size)
 
 
@@ -283,6 +285,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         print(f"'unknown' threshold {thr} (--reject-rate {_reject_rate(args):g}): in leave-one-out it rejects "
               f"{100 * meta['loo_false_rejection']:.1f}% of enrolled characters' images and about "
               f"{100 * meta['est_unknown_rejection']:.1f}% of other characters' images")
+        if meta["trained_on_enrolled"]:
+            print(f"note: the backbone was trained on {len(meta['trained_on_enrolled'])} of these {len(meta['classes'])} characters, "
+                  "so that estimate is optimistic for characters it never saw; measure rejection on a few of them")
     return 0
 
 

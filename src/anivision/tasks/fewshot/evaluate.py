@@ -78,6 +78,8 @@ def backbone_spec(run: str | None, backbone: str | None, weights: str | None, im
         for f in ("config.json", "model.safetensors", "classes.json"):
             if not (r / f).exists():
                 raise AnivisionError(f"{r}: not a few-shot run ({f} missing; train with 'anivision fewshot train')")
+        if isinstance(json.loads((r / "classes.json").read_text()), list):
+            return classifier_run_spec(r, img_size)
         cfg = FewShotTrainConfig.load(r / "config.json")
         run_abs = absolute_path(r)
         parts = parse_parts(cfg.parts).to_dict() if cfg.embedding == "transfer" else None
@@ -89,6 +91,24 @@ def backbone_spec(run: str | None, backbone: str | None, weights: str | None, im
     if Path(w).is_file():
         w = absolute_path(w)
     return BackboneSpec(backbone, w, int(img_size or 128))
+
+
+def classifier_run_spec(run: Path, img_size: int | None) -> BackboneSpec:
+    """The fine-tuned backbone of a classification run (``anivision train``) as an embedding.
+
+    A classifier trained on the characters a user cares about embeds them far apart; its pooled
+    features (the head dropped) enrol those characters and reject others (RESULTS section 18).
+    The spec names the weights file, not the run, so a gallery rebuilds it like any backbone.
+
+    Raises:
+        AnivisionError: ``config.json`` is unreadable or names no backbone.
+    """
+    try:
+        cfg = json.loads((run / "config.json").read_text())
+        backbone, size, crop = str(cfg["backbone"]), int(img_size or cfg["img_size"]), float(cfg.get("crop_pct", 1.0))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AnivisionError(f"{run / 'config.json'}: not a classification run's config ({type(exc).__name__}: {exc})") from None
+    return BackboneSpec(backbone, str(Path(absolute_path(run)) / "model.safetensors"), size, crop_pct=crop)
 
 
 def run_data(run: str | Path, data: str | Path | None = None) -> str:

@@ -17,6 +17,7 @@ absolute paths kept for the record only.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -270,9 +271,25 @@ def enroll_gallery(
         "seed": seed,
         "gallery": absolute_path(gallery),
         "skipped": emb.skipped,
+        # Enrolled characters the embedding was trained on: for them the leave-one-out estimate of
+        # unknown rejection is optimistic (other enrolled characters stand in for unknown ones).
+        "trained_on_enrolled": sorted(trained_on(spec) & set(images.classes)),
     }
     atomic_write_json(out_dir / "gallery.json", meta)
     return meta | {"out": str(out_dir)}
+
+
+def trained_on(spec: BackboneSpec) -> set[str]:
+    """Characters the embedding was trained on: a classification run's classes, a few-shot run's
+    meta-training classes (read from ``classes.json`` beside the weights); empty for other weights."""
+    w = Path(spec.run) / "model.safetensors" if spec.run else Path(spec.weights)
+    try:
+        classes = json.loads((w.parent / "classes.json").read_text()) if w.is_file() else None
+    except (OSError, ValueError):
+        return set()
+    if isinstance(classes, dict):
+        classes = classes.get("train")
+    return {str(c) for c in classes} if isinstance(classes, list) else set()
 
 
 def load_gallery(gallery: str | Path) -> tuple[dict[str, Any], np.ndarray]:
