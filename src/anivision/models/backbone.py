@@ -166,6 +166,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
+def read_tensors_named(path: str | Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The tensors ``names`` of a weights file (those it has): a ``.safetensors`` file reads only
+    them (the backbone was already loaded from the same file); other files via :func:`read_state_dict`."""
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        sd = read_state_dict(p)
+        return {k: sd[k] for k in names if k in sd}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as fh:
+            return {k: fh.get_tensor(k) for k in names if k in fh.keys()}
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is the file's fault
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise AnivisionError(f"{p}: cannot read weights ({type(exc).__name__}: {first})") from exc
+
+
 def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load ``state`` into a backbone, ignoring classifier tensors, and fail clearly on misfits.
 

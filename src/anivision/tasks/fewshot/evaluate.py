@@ -32,7 +32,7 @@ from anivision.data.transforms import DataConfig
 from anivision.embeddings import embed_paths, pick_device
 from anivision.errors import AnivisionError
 from anivision.files import absolute_path, atomic_write_json, atomic_write_text, same_location
-from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, create_backbone, data_config, read_state_dict
+from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, create_backbone, data_config, read_tensors_named
 from anivision.models.protonet import check_distance
 from anivision.models.transfer import TransferEmbedding, TransferSpec, parse_parts
 from anivision.reports.fewshot import class_list, grid_markdown
@@ -135,7 +135,7 @@ def build_backbone(spec: BackboneSpec, device: str | None = None) -> tuple[nn.Mo
     base = data_config(model, spec.img_size)
     if spec.embedding is not None:
         model = TransferEmbedding(model, TransferSpec.from_dict(spec.embedding), base.mean, base.std, spec.img_size)
-        model.load_means(read_state_dict(spec.weights), spec.weights)
+        model.load_means(read_tensors_named(spec.weights, ("part_mean", "concat_mean")), spec.weights)
     model.to(pick_device(device)).eval()
     return model, DataConfig(base.img_size, base.mean, base.std, crop_pct=spec.crop_pct)
 
