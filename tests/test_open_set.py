@@ -181,3 +181,46 @@ def test_enroll_with_a_classification_run_uses_its_fine_tuned_backbone(tmp_path:
 
     g = av.enroll(str(run), data, k_shot=4, out=tmp_path / "g3")
     assert g.meta["weights"] == meta["weights"] and g.meta["counts"] == [4, 4, 4]
+
+
+def test_predict_reject_rate_calls_low_top_logit_images_unknown(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # A classifier's open set: the threshold is the RATE quantile of the top logit over the run's
+    # validation images; an image below it is "unknown" and its top classes follow (as identify).
+    import csv
+
+    from conftest import make_class_folders
+
+    import anivision as av
+    from anivision.tasks.classify.data import split_paths
+
+    every = make_class_folders(tmp_path / "every", n_classes=4, n_per_class=12, size=32)
+    data = tmp_path / "data"
+    data.mkdir()
+    for c in ("class0", "class1", "class2"):
+        (every / c).rename(data / c)
+    run, cache = tmp_path / "clf", tmp_path / "cache"
+    assert main(["-q", "train", "--data", str(data), "--out", str(run), "--backbone", *TINY[:3], "--img-size", "32", "--epochs", "2",
+                 "--batch-size", "8", "--cache-dir", str(cache)]) == 0
+    clf = av.load(run)
+    val = split_paths(run, "val")
+    assert val and all(Path(p).parent.name.startswith("class") for p in val)
+    point = clf.unknown_threshold(0.3)
+    top_val = clf.outputs(val, "logits").values.max(1)
+    assert point["threshold"] == pytest.approx(float(np.quantile(top_val, 0.3))) and point["calibration_images"] == len(val)
+    queries = sorted((every / "class3").iterdir()) + sorted((data / "class0").iterdir())[:4]
+    top = clf.outputs([str(q) for q in queries], "logits").values.max(1)
+    out = tmp_path / "pred.csv"
+    assert main(["-q", "predict", str(run), *map(str, queries), "--reject-rate", "0.3", "--top-k", "2", "--out", str(out)]) == 0
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    plain = clf.predict([str(q) for q in queries], top_k=2)
+    for row, below, p in zip(rows, top < point["threshold"], plain):
+        assert (row["pred_1"] == "unknown") == bool(below)
+        if below:
+            assert row["pred_2"] == p.label and float(row["prob_1"]) == pytest.approx(p.prob, abs=1e-5)
+        else:
+            assert row["pred_1"] == p.label
+    api = clf.predict([str(q) for q in queries], top_k=2, reject_rate=0.3)
+    assert [p.label for p in api] == [r["pred_1"] for r in rows]
+    assert main(["-q", "predict", str(run), str(queries[0]), "--reject-rate", "1.5"]) == 2
+    assert "--reject-rate must be in [0, 1)" in capsys.readouterr().err

@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_shared(p, "--batch-size", default=64)
     add_shared(p, "--engine", default="torch")
     add_shared(p, "--out", "a CSV path,pred_1,prob_1,...,pred_K,prob_K", default_text="print them", metavar="CSV")
+    p.add_argument("--reject-rate", type=float, metavar="RATE",
+                   help="say 'unknown' for images unlike every class: the threshold on the top logit is the RATE quantile "
+                   "over the run's validation images, so about RATE of images of known classes are rejected (default: off)")
     p.set_defaults(func=cmd_predict)
 
 
@@ -150,7 +153,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise AnivisionError("--top-k must be at least 1")
     if args.batch_size < 1:
         raise AnivisionError(f"--batch-size must be at least 1, got {args.batch_size}")
-    rows, skipped = predict_paths(args.run_dir, args.paths, top_k=args.top_k, batch_size=args.batch_size, progress=not args.quiet, engine=args.engine)
+    rows, skipped = predict_paths(args.run_dir, args.paths, top_k=args.top_k, batch_size=args.batch_size, progress=not args.quiet,
+                                  engine=args.engine, reject_rate=args.reject_rate)
     for path, reason in skipped.items():
         print(f"skipped: {reason}", file=sys.stderr)
     if args.out:

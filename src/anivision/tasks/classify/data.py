@@ -55,6 +55,30 @@ RUN_SPLIT = "split.csv"
 MOVED_HINT_TRAIN = "; if the data moved, rerun with --data pointing at its new folder"
 
 
+MOVED_HINT_EVALUATE = "; if the data moved, pass its new folder as data_root (anivision evaluate RUN --data-root DIR)"
+
+
+def run_split(run_dir: Path, cfg: TrainConfig, data_root: str | Path | None) -> LabeledImages:
+    """The run's split: its own ``split.csv``; for a run made before runs kept one, ``cfg.split``
+    or the ``split`` column of a ``cfg.data`` manifest."""
+    saved = run_dir / RUN_SPLIT
+    if saved.exists() or not (cfg.split or cfg.data):
+        return read_split(saved, root=data_root, hint=MOVED_HINT_EVALUATE)
+    if cfg.split:
+        return read_split(cfg.split, root=data_root, hint=MOVED_HINT_EVALUATE)
+    images = load_labeled(cfg.data)
+    if images.splits is None:
+        raise AnivisionError(f"{run_dir}: no {RUN_SPLIT} (the run's test split is unknown)")
+    return images
+
+
+def split_paths(run_dir: str | Path, name: str, data_root: str | Path | None = None) -> list[str]:
+    """Paths of one part (``train``/``val``/``test``) of a run's split (see :func:`run_split`)."""
+    run = Path(run_dir)
+    split = run_split(run, TrainConfig.load(run / "config.json"), data_root)
+    return [split.paths[i] for i in split_indices(split.splits or []).get(name, [])]
+
+
 def prepare_split(cfg: TrainConfig, run_dir: Path) -> LabeledImages:
     """The labelled images with their train/val/test assignment, from the run's own ``split.csv``.
 

@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader
 
 from anivision.data.cache import DecodedImages, decode_images, default_cache_dir
 from anivision.data.datasets import CachedImageDataset
-from anivision.data.folder import LabeledImages, load_labeled
-from anivision.data.splits import read_split, split_indices
+from anivision.data.folder import load_labeled
+from anivision.data.splits import split_indices
 from anivision.data.transforms import DataConfig, cache_size, eval_transform
 from anivision.deploy import EngineRunner
 from anivision.engine.checkpoint import load_weights
@@ -29,7 +29,7 @@ from anivision.reports.classification import write_report
 from anivision.reports.mistakes import mistakes_section
 from anivision.strategies import Strategy
 from anivision.tasks.classify.config import TrainConfig
-from anivision.tasks.classify.data import RUN_SPLIT, RunData, TrainingSets
+from anivision.tasks.classify.data import RunData, TrainingSets, run_split
 from anivision.tasks.classify.model import load_run
 from anivision.tasks.classify.predictor import classifier_spec
 
@@ -127,23 +127,6 @@ def measure_inference(
 
 
 #: What an evaluation whose data moved needs (appended to missing-image errors).
-MOVED_HINT_EVALUATE = "; if the data moved, pass its new folder as data_root (anivision evaluate RUN --data-root DIR)"
-
-
-def _run_split(run_dir: Path, cfg: TrainConfig, data_root: str | Path | None) -> LabeledImages:
-    """The run's split: its own ``split.csv``; for a run made before runs kept one, ``cfg.split``
-    or the ``split`` column of a ``cfg.data`` manifest."""
-    saved = run_dir / RUN_SPLIT
-    if saved.exists() or not (cfg.split or cfg.data):
-        return read_split(saved, root=data_root, hint=MOVED_HINT_EVALUATE)
-    if cfg.split:
-        return read_split(cfg.split, root=data_root, hint=MOVED_HINT_EVALUATE)
-    images = load_labeled(cfg.data)
-    if images.splits is None:
-        raise AnivisionError(f"{run_dir}: no {RUN_SPLIT} (the run's test split is unknown)")
-    return images
-
-
 def _evaluation_set(run_dir: Path, cfg: TrainConfig, classes: list[str], data: str | None, data_root: str | Path | None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(paths, labels in the run's class order, indices to score) of an evaluation."""
     if data:
@@ -153,7 +136,7 @@ def _evaluation_set(run_dir: Path, cfg: TrainConfig, classes: list[str], data: s
             raise AnivisionError(f"{data}: class(es) {', '.join(unknown)} are not classes of the run {run_dir} ({', '.join(classes)})")
         labels = np.asarray([classes.index(images.classes[y]) for y in images.labels], dtype=np.int64)
         return images.paths, labels, np.arange(len(images.paths))
-    split = _run_split(run_dir, cfg, data_root)
+    split = run_split(run_dir, cfg, data_root)
     if split.classes != classes:
         raise AnivisionError(f"{run_dir}: split classes differ from the run's classes")
     idx = np.asarray(split_indices(split.splits or [])["test"], dtype=np.int64)

@@ -25,6 +25,7 @@ from anivision.explain import Explanation, explain_images
 from anivision.files import absolute_path
 from anivision.models.classifier import Classifier
 from anivision.tasks.classify.config import TrainConfig
+from anivision.tasks.classify.data import split_paths
 from anivision.tasks.classify.model import load_run
 
 
@@ -102,8 +103,12 @@ class ImageClassifier:
         out = self.outputs(images, "logits", batch_size, progress).checked(skip_unreadable)
         return softmax_np(out.values.astype(np.float64)) if len(out.values) else np.zeros((0, len(self.classes)))
 
-    def predict(self, images: ImageInput | Iterable[ImageInput], top_k: int = 5, batch_size: int = 64, skip_unreadable: bool = False, progress: bool = False) -> list[Prediction]:
+    def predict(self, images: ImageInput | Iterable[ImageInput], top_k: int = 5, batch_size: int = 64, skip_unreadable: bool = False,
+                progress: bool = False, reject_rate: float | None = None) -> list[Prediction]:
         """The top-``k`` classes of each image (paths, folders, globs, PIL images, uint8 arrays).
+
+        ``reject_rate``: label ``unknown`` the images whose top logit is below the threshold of
+        :meth:`unknown_threshold` (about that share of images of the run's classes is rejected).
 
         Returns:
             One :class:`Prediction` per readable input, in input order (folders sorted).
@@ -114,7 +119,10 @@ class ImageClassifier:
         if top_k < 1:
             raise AnivisionError("top_k must be at least 1")
         out = self.outputs(images, "logits", batch_size, progress).checked(skip_unreadable)
-        return self.rank(out, top_k)[0] if len(out.values) else []
+        preds = self.rank(out, top_k)[0] if len(out.values) else []
+        if reject_rate is not None and preds:
+            preds = mark_unknown(preds, out.values, self.unknown_threshold(reject_rate, batch_size)["threshold"])
+        return preds
 
     def rank(self, out: InputFeatures, top_k: int = 5) -> tuple[list[Prediction], np.ndarray]:
         """Predictions from :meth:`outputs`' logits, with the (M, C) probabilities."""
@@ -126,6 +134,33 @@ class ImageClassifier:
             top = [(self.classes[int(c)], float(probs[j, c])) for c in order[j]]
             preds.append(Prediction(top[0][0], top[0][1], top, out.decoded.paths[int(i)]))
         return preds, probs
+
+    def unknown_threshold(self, reject_rate: float, batch_size: int = 64, progress: bool = False, data_root: str | Path | None = None) -> dict[str, Any]:
+        """Open set for a classifier: the max-logit threshold below which an image is ``unknown``.
+
+        The threshold is the ``reject_rate`` quantile of the top logit over the run's validation
+        images (never trained on), so about that share of images of the run's own classes is
+        called ``unknown``; images of other classes score lower and are rejected more often
+        (RESULTS.md section 18). The top logit separates unknown characters better than
+        distances to prototypes of the same backbone's features.
+
+        Returns:
+            ``{"threshold", "reject_rate", "calibration_images", "score": "max_logit"}``.
+
+        Raises:
+            AnivisionError: ``reject_rate`` outside [0, 1), or a run without validation images.
+        """
+        if not 0 <= reject_rate < 1:
+            raise AnivisionError(f"--reject-rate must be in [0, 1), got {reject_rate}")
+        paths = split_paths(self.run_dir, "val", data_root)
+        if not paths:
+            raise AnivisionError(f"{self.run_dir}: no validation images to calibrate the 'unknown' threshold on")
+        out = self.outputs(paths, "logits", batch_size, progress)
+        if not len(out.values):
+            raise AnivisionError(f"{self.run_dir}: none of its {len(paths)} validation images is readable")
+        top = out.values.max(1)
+        return {"threshold": float(np.quantile(top, reject_rate)), "reject_rate": reject_rate,
+                "calibration_images": int(len(top)), "score": "max_logit"}
 
     def embed(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 64, skip_unreadable: bool = False, progress: bool = False) -> np.ndarray:
         """(N, D) float32 backbone features (before the head), one row per readable input."""
@@ -149,10 +184,26 @@ def classifier_spec(model: Classifier, classes: list[str], dcfg: DataConfig, run
     return ExportSpec(ClassifierOutputs(model), "classifier", dcfg, ["logits", "embeddings"], model_fingerprint(model), absolute_path(run_dir), list(classes))
 
 
+def mark_unknown(preds: list[Prediction], logits: np.ndarray, threshold: float) -> list[Prediction]:
+    """Predictions whose top logit is below ``threshold`` become ``unknown`` (with the top class's
+    probability), the most probable classes following, as ``identify`` reports its unknowns."""
+    out = []
+    for p, top in zip(preds, logits.max(1)):
+        if top < threshold:
+            p = Prediction("unknown", p.prob, [("unknown", p.prob)] + p.topk[: max(0, len(p.topk) - 1)], p.source)
+        out.append(p)
+    return out
+
+
 def predict_paths(
     run_dir: str | Path, inputs: list[str], top_k: int = 5, batch_size: int = 64, progress: bool = True, engine: str = "torch",
+    reject_rate: float | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """``anivision predict``: top-k predictions of a run for image files, folders or globs.
+
+    ``reject_rate``: call images ``unknown`` below the max-logit threshold of
+    :meth:`ImageClassifier.unknown_threshold` (``pred_1`` is then ``unknown`` with the top
+    class's probability, and the top classes follow, as ``identify`` does).
 
     Returns:
         (rows, skipped): one row per readable image with ``path``, ``pred_i``, ``prob_i``;
@@ -161,6 +212,8 @@ def predict_paths(
     clf = ImageClassifier.load(run_dir, engine=engine)
     out = clf.outputs(inputs, "logits", batch_size, progress)
     preds = clf.rank(out, top_k)[0] if len(out.values) else []
+    if reject_rate is not None and preds:
+        preds = mark_unknown(preds, out.values, clf.unknown_threshold(reject_rate, batch_size, progress)["threshold"])
     rows = []
     for p in preds:
         row: dict[str, Any] = {"path": p.source}
