@@ -267,13 +267,9 @@ def enroll_gallery(
         **point,
         "threshold_rule": f"{1 - reject_rate:.4g} quantile of leave-one-out distances of enrolment images to their own prototype "
                           f"(L2-normalised embeddings; target false-rejection rate {reject_rate:g})",
-        "k_shot": k_shot,
-        "seed": seed,
-        "gallery": absolute_path(gallery),
+        "k_shot": k_shot, "seed": seed, "gallery": absolute_path(gallery),
         "skipped": emb.skipped,
-        # Enrolled characters the embedding was trained on: for them the leave-one-out estimate of
-        # unknown rejection is optimistic (other enrolled characters stand in for unknown ones).
-        "trained_on_enrolled": sorted(trained_on(spec) & set(images.classes)),
+        "trained_on_enrolled": sorted(trained_on(spec) & set(images.classes)),  # their est_unknown_rejection is optimistic
     }
     atomic_write_json(out_dir / "gallery.json", meta)
     return meta | {"out": str(out_dir)}
@@ -281,7 +277,11 @@ def enroll_gallery(
 
 def trained_on(spec: BackboneSpec) -> set[str]:
     """Characters the embedding was trained on: a classification run's classes, a few-shot run's
-    meta-training classes (read from ``classes.json`` beside the weights); empty for other weights."""
+    meta-training classes (read from ``classes.json`` beside the weights); empty for other weights.
+
+    For those characters a gallery's leave-one-out estimate of unknown rejection is optimistic:
+    other enrolled characters stand in for unknown ones, and the embedding learned to separate them.
+    """
     w = Path(spec.run) / "model.safetensors" if spec.run else Path(spec.weights)
     try:
         classes = json.loads((w.parent / "classes.json").read_text()) if w.is_file() else None
