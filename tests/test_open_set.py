@@ -202,7 +202,7 @@ def test_predict_reject_rate_calls_low_top_logit_images_unknown(tmp_path: Path, 
     assert main(["-q", "train", "--data", str(data), "--out", str(run), "--backbone", *TINY[:3], "--img-size", "32", "--epochs", "2",
                  "--batch-size", "8", "--cache-dir", str(cache)]) == 0
     clf = av.load(run)
-    val = split_paths(run, "val")
+    val = split_paths(run, clf.config, "val")
     assert val and all(Path(p).parent.name.startswith("class") for p in val)
     point = clf.unknown_threshold(0.3)
     top_val = clf.outputs(val, "logits").values.max(1)

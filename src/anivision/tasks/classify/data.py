@@ -53,8 +53,7 @@ KINDS = ("features", "prefix", "images")
 RUN_SPLIT = "split.csv"
 #: What a run whose data moved needs (appended to missing-image errors).
 MOVED_HINT_TRAIN = "; if the data moved, rerun with --data pointing at its new folder"
-
-
+#: What an evaluation whose data moved needs (appended to missing-image errors).
 MOVED_HINT_EVALUATE = "; if the data moved, pass its new folder as data_root (anivision evaluate RUN --data-root DIR)"
 
 
@@ -72,10 +71,9 @@ def run_split(run_dir: Path, cfg: TrainConfig, data_root: str | Path | None) -> 
     return images
 
 
-def split_paths(run_dir: str | Path, name: str, data_root: str | Path | None = None) -> list[str]:
+def split_paths(run_dir: str | Path, cfg: TrainConfig, name: str, data_root: str | Path | None = None) -> list[str]:
     """Paths of one part (``train``/``val``/``test``) of a run's split (see :func:`run_split`)."""
-    run = Path(run_dir)
-    split = run_split(run, TrainConfig.load(run / "config.json"), data_root)
+    split = run_split(Path(run_dir), cfg, data_root)
     return [split.paths[i] for i in split_indices(split.splits or []).get(name, [])]
 
 

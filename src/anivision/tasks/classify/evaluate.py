@@ -126,7 +126,6 @@ def measure_inference(
     return {"inference_images_per_second": len(xs) / batch_s if batch_s > 0 else 0.0, "latency_ms": 1000.0 * single_s / k, "inference_batch_size": 64}
 
 
-#: What an evaluation whose data moved needs (appended to missing-image errors).
 def _evaluation_set(run_dir: Path, cfg: TrainConfig, classes: list[str], data: str | None, data_root: str | Path | None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(paths, labels in the run's class order, indices to score) of an evaluation."""
     if data:

@@ -152,7 +152,7 @@ class ImageClassifier:
         """
         if not 0 <= reject_rate < 1:
             raise AnivisionError(f"--reject-rate must be in [0, 1), got {reject_rate}")
-        paths = split_paths(self.run_dir, "val", data_root)
+        paths = split_paths(self.run_dir, self.config, "val", data_root)
         if not paths:
             raise AnivisionError(f"{self.run_dir}: no validation images to calibrate the 'unknown' threshold on")
         out = self.outputs(paths, "logits", batch_size, progress)
