@@ -9,6 +9,7 @@ import torch
 
 from anivision.models.losses import (
     BatchHardTriplet,
+    CosFaceLoss,
     IdTripletLoss,
     WeightedRegularizedTriplet,
     make_triplet,
@@ -88,3 +89,21 @@ def test_id_triplet_loss_is_the_weighted_sum_in_float32() -> None:
     assert isinstance(make_triplet("batch_hard", margin=0.2), BatchHardTriplet)
     with pytest.raises(ValueError, match="unknown triplet"):
         make_triplet("lifted")
+
+
+@pytest.mark.parametrize("margin,smoothing", [(0.0, 0.0), (0.3, 0.0), (0.25, 0.1)])
+def test_cosface_is_cross_entropy_after_the_margin_leaves_the_true_logit(margin: float, smoothing: float) -> None:
+    g = torch.Generator().manual_seed(3)
+    cos = torch.rand(6, 4, generator=g) * 2 - 1
+    y = torch.tensor([0, 1, 2, 3, 1, 0])
+    scale = 16.0
+    expected = 0.0
+    for i in range(6):  # naive: -log softmax of s*(cos - m*[c == y]), smoothed over classes
+        z = [scale * (cos[i, c].item() - (margin if c == y[i] else 0.0)) for c in range(4)]
+        log_z = math.log(sum(math.exp(v) for v in z))
+        nll = [log_z - v for v in z]
+        expected += (1 - smoothing) * nll[int(y[i])] + smoothing * sum(nll) / 4
+    got = CosFaceLoss(scale, margin, smoothing)(scale * cos, y)
+    assert got.item() == pytest.approx(expected / 6, rel=1e-5)
+    if margin:  # the margin makes winning harder: the loss is above plain cross-entropy
+        assert got.item() > CosFaceLoss(scale, 0.0, smoothing)(scale * cos, y).item()

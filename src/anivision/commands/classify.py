@@ -93,6 +93,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout", type=float, help="dropout before the classifier head (default: 0.2)")
     p.add_argument("--label-smoothing", type=float,
                    help="label smoothing of the cross-entropy loss (default: the recipe's: 0.1, 0 for linear_probe; fer and aniwho 0)")
+    p.add_argument("--head", choices=("linear", "cosine"),
+                   help="last layer: linear, or cosine (CosFace loss; tighter clusters per class, better at calling "
+                   "characters it never saw unknown with enroll or predict --reject-rate) (default: linear)")
+    p.add_argument("--margin", type=float, help="cosine head: the CosFace cosine margin (default: 0.25)")
     p.add_argument("--partial-groups", type=int, help="partial: number of top backbone groups to train (default: 1)")
     p.add_argument("--unfreeze-every", type=int, help="progressive: epochs between unfreezing one more group (default: the recipe's: 2; fer 3)")
     p.add_argument("--progressive-groups", type=int, help="progressive: most top groups to unfreeze (default: all)")

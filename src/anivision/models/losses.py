@@ -152,3 +152,29 @@ class IdTripletLoss(nn.Module):
         l_id = self.id_loss(logits.float(), labels)
         l_tri = self.triplet(embeddings.float(), labels)
         return IdTripletTerms(self.id_weight * l_id + self.triplet_weight * l_tri, l_id, l_tri)
+
+
+class CosFaceLoss(nn.Module):
+    """Large-margin cosine loss (CosFace, Wang et al., CVPR 2018) on a cosine head's logits
+    ``s * cos_c``: cross-entropy after taking ``s * margin`` off the true class's logit, so a
+    class is only "won" once its cosine beats every other by ``margin``.
+
+    pytorch-metric-learning's ``CosFaceLoss`` owns its class weights and takes embeddings; here
+    the classifier's own :class:`~anivision.models.classifier.CosineLinear` head holds them (it
+    gives the logits at prediction and in an exported model), so the loss takes those logits.
+
+    Args:
+        scale: the head's ``s`` (logits = ``s * cos``).
+        margin: the cosine margin (0 = plain cross-entropy on the cosine logits).
+        label_smoothing: epsilon of the cross-entropy.
+    """
+
+    def __init__(self, scale: float, margin: float = 0.25, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.scale, self.margin, self.label_smoothing = scale, margin, label_smoothing
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(B, C) cosine logits, (B,) labels -> scalar loss."""
+        logits = logits.float()
+        shifted = logits - self.scale * self.margin * F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+        return F.cross_entropy(shifted, labels, label_smoothing=self.label_smoothing)

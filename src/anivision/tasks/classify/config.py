@@ -26,6 +26,7 @@ from anivision.files import absolute_path
 from anivision.data.transforms import AugmentConfig
 from anivision.errors import AnivisionError
 from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
+from anivision.models.classifier import HEADS
 from anivision.strategies import STRATEGIES
 
 RECIPES = ("default", "fer", "aniwho")
@@ -36,7 +37,7 @@ MAX_IMG_SIZE = 2048
 #: Accepted values of the choice settings (the CLI's choices; checked again for YAML and code).
 CHOICES: dict[str, tuple[str, ...]] = {
     "strategy": STRATEGIES, "recipe": RECIPES, "optimizer": ("adamw", "sgd"),
-    "schedule": ("cosine", "plateau", "constant"), "monitor": ("val_acc", "val_loss"),
+    "schedule": ("cosine", "plateau", "constant"), "monitor": ("val_acc", "val_loss"), "head": HEADS,
 }
 
 #: Training augmentation switched off: the train transform equals the eval transform.
@@ -47,7 +48,7 @@ NO_AUGMENT = AugmentConfig(crop_scale=None, hflip=0.0, vflip=0.0, rotation=0.0, 
 TRAIN_OPTION_KEYS: tuple[str, ...] = tuple(
     (
         "data split ratios backbone weights strategy recipe img_size epochs batch_size seed lr_head lr_backbone "
-        "weight_decay optimizer schedule warmup_epochs patience monitor grad_clip dropout label_smoothing "
+        "weight_decay optimizer schedule warmup_epochs patience monitor grad_clip dropout label_smoothing head margin "
         "partial_groups unfreeze_every progressive_groups workers device cache_dir out"
     ).split()
 )
@@ -114,6 +115,10 @@ def resolve_train_config(options: Mapping[str, Any]) -> "TrainConfig":
 class TrainConfig(RunConfig):
     """Everything that defines a classification run.
 
+    Head: ``linear``, or ``cosine`` (logits ``16 * cos(feature, class weight)``, trained with the
+    CosFace loss at ``margin``; ``margin`` is unused with a linear head): features of one class
+    gather around a direction, which helps open set (``enroll`` with the run, ``--reject-rate``).
+
     Learning rates: ``lr_head`` for the new linear layer, ``lr_backbone`` for the backbone
     (differential learning rates). ``schedule`` is ``cosine`` (linear warmup for
     ``warmup_epochs`` then cosine to ``min_lr``, per step), ``plateau`` (ReduceLROnPlateau on
@@ -148,6 +153,8 @@ class TrainConfig(RunConfig):
     monitor: str = "val_acc"
     dropout: float = 0.2
     label_smoothing: float = 0.1
+    head: str = "linear"
+    margin: float = 0.25
     partial_groups: int = 1
     unfreeze_every: int = 2
     progressive_groups: int | None = None
@@ -209,6 +216,7 @@ class TrainConfig(RunConfig):
             ("crop_pct", finite(self.crop_pct) and 0 < self.crop_pct <= 1, "must be in (0, 1]"),
             ("dropout", finite(self.dropout) and 0 <= self.dropout < 1, "must be in [0, 1)"),
             ("label_smoothing", finite(self.label_smoothing) and 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+            ("margin", finite(self.margin) and 0 <= self.margin < 1, "must be in [0, 1)"),
             ("momentum", finite(self.momentum) and 0 <= self.momentum < 1, "must be in [0, 1)"),
             ("plateau_factor", finite(self.plateau_factor) and 0 < self.plateau_factor < 1, "must be in (0, 1)"),
             ("seed", self.seed >= 0, "must be 0 or more"),

@@ -14,16 +14,24 @@ from anivision.engine.optim import make_optimizer, param_groups
 from anivision.errors import AnivisionError
 from anivision.files import read_json
 from anivision.models.backbone import create_backbone, data_config
-from anivision.models.classifier import Classifier
+from anivision.models.classifier import COSINE_SCALE, Classifier
+from anivision.models.losses import CosFaceLoss
 from anivision.tasks.classify.config import TrainConfig
 
 
 def build_classifier(cfg: TrainConfig, n_classes: int, weights: str | None = None) -> tuple[Classifier, DataConfig]:
-    """Backbone (``cfg.backbone`` with ``weights`` or ``cfg.weights``) + dropout/linear head."""
+    """Backbone (``cfg.backbone`` with ``weights`` or ``cfg.weights``) + dropout and a ``cfg.head`` layer."""
     backbone = create_backbone(cfg.backbone, cfg.weights if weights is None else weights, img_size=cfg.img_size)
     dcfg = data_config(backbone, cfg.img_size)
     dcfg = DataConfig(dcfg.img_size, dcfg.mean, dcfg.std, crop_pct=cfg.crop_pct)
-    return Classifier(backbone, n_classes, dropout=cfg.dropout), dcfg
+    return Classifier(backbone, n_classes, dropout=cfg.dropout, head=cfg.head), dcfg
+
+
+def classification_loss(cfg: TrainConfig) -> nn.Module:
+    """The training loss of ``cfg.head``: cross-entropy for a linear head, CosFace for a cosine one."""
+    if cfg.head == "cosine":
+        return CosFaceLoss(COSINE_SCALE, cfg.margin, cfg.label_smoothing)
+    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
 
 def classifier_optimizer(cfg: TrainConfig, head: nn.Module, backbone: nn.Module | None) -> torch.optim.Optimizer:

@@ -29,7 +29,7 @@ from anivision.strategies import Strategy, backbone_groups, set_train_mode
 from anivision.tasks.classify.config import TrainConfig
 from anivision.tasks.classify.data import RunData, TrainingSets, check_new_data, keep_split, load_data, prepare_split, training_sets
 from anivision.tasks.classify.evaluate import finish_run
-from anivision.tasks.classify.model import build_classifier
+from anivision.tasks.classify.model import build_classifier, classification_loss
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def fit(
     state = run.resume(sets.trained, sets.optimizer, tracker_for(cfg, has_val))
     plateau.load_state_dict(state.extra)
     lr_fn = lr_function(cfg, steps_per_epoch, plateau)
-    step_fn = cross_entropy_step(nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing))
+    step_fn = cross_entropy_step(classification_loss(cfg))
     for epoch in state.epochs(cfg.epochs):
         gen = seed_everything(cfg.seed * 1000 + epoch)
         loader = _train_loader(cfg, sets, run, epoch, gen, drop_last)
