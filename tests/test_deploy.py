@@ -31,9 +31,9 @@ from conftest import TINY_CNN, TINY_VIT, make_class_folders, run_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _train(data: Path, out: Path, cache: Path, backbone: str, epochs: int = 2) -> Path:
+def _train(data: Path, out: Path, cache: Path, backbone: str, epochs: int = 2, *extra: str) -> Path:
     assert main(["-q", "train", "--data", str(data), "--backbone", backbone, "--weights", "none", "--img-size", "32",
-                 "--batch-size", "8", "--epochs", str(epochs), "--strategy", "full", "--cache-dir", str(cache), "--out", str(out)]) == 0
+                 "--batch-size", "8", "--epochs", str(epochs), "--strategy", "full", "--cache-dir", str(cache), "--out", str(out), *extra]) == 0
     return out
 
 
@@ -54,11 +54,16 @@ def vit_run(work: Path) -> Path:
     return _train(work / "data", work / "vit", work / "cache", TINY_VIT)
 
 
+@pytest.fixture(scope="module")
+def cosine_run(work: Path) -> Path:
+    return _train(work / "data", work / "cosine", work / "cache", TINY_CNN, 2, "--head", "cosine")
+
+
 def _images(work: Path) -> list[str]:
     return sorted(str(p) for p in (work / "data").rglob("*.png"))
 
 
-@pytest.mark.parametrize("which", ["cnn", "vit"])
+@pytest.mark.parametrize("which", ["cnn", "vit", "cosine"])
 def test_onnx_engine_matches_torch_and_batch_axis_is_dynamic(which: str, work: Path, request: pytest.FixtureRequest) -> None:
     run = request.getfixturevalue(f"{which}_run")
     paths = _images(work)
