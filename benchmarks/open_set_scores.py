@@ -32,27 +32,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from open_set import sample_pool  # noqa: E402
-from open_set_trained import auroc  # noqa: E402
+from open_set_trained import auroc, upper_bound  # noqa: E402
 
 import anivision as av  # noqa: E402
 from anivision.data.cache import default_cache_dir  # noqa: E402
 from anivision.data.folder import scan_class_folders  # noqa: E402
 from anivision.embeddings import embed_paths  # noqa: E402
+from anivision.tasks.fewshot import l2_normalise as l2  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def l2(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def upper_bound(sk: np.ndarray, su: np.ndarray, right: np.ndarray) -> float:
-    """Most unknown scores above a threshold while >= 90% of known ones are below it and right."""
-    best = 0.0
-    for t in np.unique(np.concatenate([sk, su])):
-        if np.mean((sk <= t) & right) >= 0.9:
-            best = max(best, float(np.mean(su > t)))
-    return best
 
 
 def tied_precision(x: np.ndarray, y: np.ndarray, n: int, shrink: float) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from anivision.data.folder import load_labeled
 from anivision.data.splits import parse_ratios, stratified_split, write_split
 from anivision.errors import AnivisionError
 from anivision.files import atomic_write_csv
+from anivision.models.classifier import HEADS
 from anivision.strategies import STRATEGIES
 from anivision.tasks.classify import TrainConfig, evaluate_run, predict_paths, resolve_train_config, train_classifier
 
@@ -93,7 +94,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout", type=float, help="dropout before the classifier head (default: 0.2)")
     p.add_argument("--label-smoothing", type=float,
                    help="label smoothing of the cross-entropy loss (default: the recipe's: 0.1, 0 for linear_probe; fer and aniwho 0)")
-    p.add_argument("--head", choices=("linear", "cosine"),
+    p.add_argument("--head", choices=HEADS,
                    help="last layer: linear, or cosine (CosFace loss; tighter clusters per class, better at calling "
                    "characters it never saw unknown with enroll or predict --reject-rate) (default: linear)")
     p.add_argument("--margin", type=float, help="cosine head: the CosFace cosine margin (default: 0.25)")
