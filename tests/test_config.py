@@ -35,6 +35,19 @@ def test_aniwho_recipe(tmp_path):
     assert c.aug.vflip == 0.5 and c.aug.translate == 0.2 and c.aug.zoom == 0.2
 
 
+def test_openset_recipe_is_the_defaults_plus_cosine_head_and_greyscale(tmp_path):
+    c = resolve_train_config(_opts(tmp_path, recipe="openset"))
+    d = TrainConfig()
+    assert (c.head, c.margin, c.label_smoothing, c.aug.grayscale) == ("cosine", 0.25, 0.0, 0.3)
+    assert c.aug.crop_scale == d.aug.crop_scale and c.aug.color_jitter == d.aug.color_jitter
+    assert (c.strategy, c.epochs, c.img_size, c.lr_backbone) == (d.strategy, d.epochs, d.img_size, d.lr_backbone)
+    assert d.head == "linear" and d.aug.grayscale == 0.0  # the defaults themselves are untouched
+    c = resolve_train_config(_opts(tmp_path, recipe="openset", head="linear", margin=0.1))
+    assert (c.head, c.margin, c.aug.grayscale) == ("linear", 0.1, 0.3)  # flags beat the recipe
+    lp = resolve_train_config(_opts(tmp_path, recipe="openset", strategy="linear_probe"))
+    assert (lp.head, lp.epochs, lp.lr_head) == ("cosine", 20, 3e-3)
+
+
 def test_flags_override_yaml_override_recipe(tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("epochs: 7\nlr-head: 0.01\nimg_size: 64\n")

@@ -14,7 +14,7 @@ from anivision.errors import AnivisionError
 from anivision.files import atomic_write_csv
 from anivision.models.classifier import HEADS
 from anivision.strategies import STRATEGIES
-from anivision.tasks.classify import TrainConfig, evaluate_run, predict_paths, resolve_train_config, train_classifier
+from anivision.tasks.classify import RECIPES, TrainConfig, evaluate_run, predict_paths, resolve_train_config, train_classifier
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -68,8 +68,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="starting weights: imagenet (timm's hub, needs a network) | none | efficientnet_lite0_imagenet "
                    "(offline, for tf_efficientnet_lite0) | FILE.safetensors/.pth (default: efficientnet_lite0_imagenet)")
     p.add_argument("--strategy", choices=STRATEGIES, help="fine-tuning strategy (default: full)")
-    p.add_argument("--recipe", choices=("default", "fer", "aniwho"),
-                   help="named hyper-parameter preset; flags override it (default: 'default': 128 px, AdamW, a short cosine schedule)")
+    p.add_argument("--recipe", choices=RECIPES,
+                   help="named hyper-parameter preset; flags override it (default: 'default': 128 px, AdamW, a short cosine schedule; "
+                   "'openset': the defaults with --head cosine, --label-smoothing 0 and greyscale copies of 30%% of the "
+                   "training images, for a run to enrol characters into or to use with predict --reject-rate)")
     p.add_argument("--config", metavar="YAML", help="YAML file of TrainConfig keys; flags override it (default: none)")
     add_shared(p, "--img-size", default_text="the recipe's: 128; fer 224, aniwho 96")
     add_shared(p, "--epochs", default_text="the recipe's: 10, 20 for linear_probe; fer 20-40, aniwho 100")
@@ -93,10 +95,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="max gradient norm, 0 disables (default: the recipe's: 1.0; none in aniwho and fer linear_probe/partial)")
     p.add_argument("--dropout", type=float, help="dropout before the classifier head (default: 0.2)")
     p.add_argument("--label-smoothing", type=float,
-                   help="label smoothing of the cross-entropy loss (default: the recipe's: 0.1, 0 for linear_probe; fer and aniwho 0)")
+                   help="label smoothing of the cross-entropy loss (default: the recipe's: 0.1, 0 for linear_probe; openset, fer and aniwho 0)")
     p.add_argument("--head", choices=HEADS,
                    help="last layer: linear, or cosine (CosFace loss; tighter clusters per class, better at calling "
-                   "characters it never saw unknown with enroll or predict --reject-rate) (default: linear)")
+                   "characters it never saw unknown with enroll or predict --reject-rate) (default: linear; openset recipe: cosine)")
     p.add_argument("--margin", type=float, help="cosine head: the CosFace cosine margin (default: 0.25)")
     p.add_argument("--partial-groups", type=int, help="partial: number of top backbone groups to train (default: 1)")
     p.add_argument("--unfreeze-every", type=int, help="progressive: epochs between unfreezing one more group (default: the recipe's: 2; fer 3)")

@@ -29,7 +29,7 @@ from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
 from anivision.models.classifier import HEADS
 from anivision.strategies import STRATEGIES
 
-RECIPES = ("default", "fer", "aniwho")
+RECIPES = ("default", "openset", "fer", "aniwho")
 
 #: The largest ``--img-size``: the decoded-image cache holds every image at about this size
 #: (2048 px = 12 MiB per image, 12 GiB per thousand images), and no backbone is trained larger.
@@ -160,12 +160,17 @@ class TrainConfig(RunConfig):
     progressive_groups: int | None = None
     feature_cache: bool = True
     prefix_cache: bool = False
-    aug: AugmentConfig = field(default_factory=lambda: AugmentConfig(rotation=0.0, color_jitter=(0.1, 0.1, 0.1, 0.0), random_erasing=0.0))
+    aug: AugmentConfig = field(default_factory=lambda: TrainConfig.default_aug())
     workers: int = 0
     device: str | None = None
     cache_dir: str | None = None
     channels_last: bool = True
     amp: bool = False
+
+    @staticmethod
+    def default_aug() -> AugmentConfig:
+        """The training augmentation of the defaults: crops of 80-100% of the area, flips, mild colour jitter."""
+        return AugmentConfig(rotation=0.0, color_jitter=(0.1, 0.1, 0.1, 0.0), random_erasing=0.0)
 
     #: Keys that may differ when a run folder is resumed or reused: they do not change results
     #: (``out``: a run folder may be moved, or cells of separate grids merged into one folder).
@@ -282,6 +287,9 @@ def recipe_values(recipe: str, strategy: str) -> dict[str, Any]:
     """Hyper-parameters of a named recipe for one strategy (flags override them).
 
     ``fer``: the anime facial-expression study (ViT vs CNN, 2026). ``aniwho``: AniWho (2022).
+    ``openset``: the defaults made for open set (``enroll`` with the run's backbone, ``predict
+    --reject-rate``): cosine head, no label smoothing, and greyscale copies of 30% of the training
+    images so that features keep more than colour (RESULTS.md section 18).
     ``default``: anivision's CPU-friendly defaults (128 px, short cosine schedule). On a small
     real manga set, 5-fold cross-validation (benchmarks/emotions_cv.py) puts them well above the
     linear probe; a longer schedule in batches of 16 with greyscale and screentone augmentation
@@ -289,8 +297,11 @@ def recipe_values(recipe: str, strategy: str) -> dict[str, Any]:
     """
     if recipe not in RECIPES:
         raise AnivisionError(f"unknown recipe '{recipe}' (choose from {', '.join(RECIPES)})")
-    if recipe == "default":
+    if recipe in ("default", "openset"):
         v: dict[str, Any] = {}
+        if recipe == "openset":
+            aug = dataclasses.replace(TrainConfig.default_aug(), grayscale=0.3)
+            v.update(head="cosine", margin=0.25, label_smoothing=0.0, aug=aug)
         if strategy == "linear_probe":
             v.update(lr_head=3e-3, epochs=20, warmup_epochs=0.0, label_smoothing=0.0)
         return v
