@@ -44,6 +44,7 @@ from anivision.data.splits import stratified_split  # noqa: E402
 from anivision.embeddings import embed_paths  # noqa: E402
 from anivision.models.backbone import DEFAULT_BACKBONE  # noqa: E402
 from anivision.models.protonet import PrototypicalNetwork  # noqa: E402
+from anivision.models.tta import TTA_CHOICES, with_tta  # noqa: E402
 from anivision.tasks.fewshot import backbone_spec, build_backbone, l2_normalise  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,9 +120,9 @@ def write_manifest(path: Path, images, rows: np.ndarray, seed: int) -> None:
             w.writerow([str(Path(images.paths[i]).resolve()), images.classes[images.labels[i]], p])
 
 
-def embed(spec, images, pool: np.ndarray, cache_dir: str) -> tuple[np.ndarray, np.ndarray]:
+def embed(spec, images, pool: np.ndarray, cache_dir: str, tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
     model, dcfg = build_backbone(spec)
-    emb = embed_paths(model, [images.paths[i] for i in pool], dcfg, cache_dir=cache_dir, progress=sys.stderr.isatty())
+    emb = embed_paths(with_tta(model, tta), [images.paths[i] for i in pool], dcfg, cache_dir=cache_dir, progress=sys.stderr.isatty())
     return emb.features[emb.valid], np.asarray(images.labels)[pool][emb.valid]
 
 
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distance", default="euclidean")
     ap.add_argument("--reject-rates", default="0.02,0.05,0.1,0.15,0.2")
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--tta", default="none", choices=TTA_CHOICES, help="test-time augmentation of the embeddings (enroll --tta)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "open_set_trained"))
     args = ap.parse_args(argv)
     t0 = time.time()
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = np.array_split(np.random.default_rng(0).permutation(n), 4)
     rates = [float(r) for r in args.reject_rates.split(",")]
     args.n_unknown = len(groups[0])
-    base_feats, base_labels = embed(backbone_spec(None, DEFAULT_BACKBONE, None, None), images, pool, cache)
+    base_feats, base_labels = embed(backbone_spec(None, DEFAULT_BACKBONE, None, None), images, pool, cache, args.tta)
     rows: dict[str, list[dict]] = {"trained": [], "imagenet": []}
     seps: dict[str, list[dict]] = {"trained": [], "imagenet": []}
     logit_rows: list[dict] = []
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = ["anivision", "train", "--data", str(manifest), "--out", str(run), *shlex.split(args.train_args)]
             print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
             subprocess.run(cmd, check=True)
-        feats, labels = embed(backbone_spec(None, DEFAULT_BACKBONE, str(run / "model.safetensors"), None), images, pool, cache)
+        feats, labels = embed(backbone_spec(None, DEFAULT_BACKBONE, str(run / "model.safetensors"), None), images, pool, cache, args.tta)
         args.unknown_candidates = unknown
         for name, (x, y) in (("trained", (feats, labels)), ("imagenet", (base_feats, base_labels))):
             for t in range(args.trials):
@@ -175,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fold {f}: unknown {[images.classes[c] for c in unknown]} done ({time.time() - t0:.0f} s)", flush=True)
     cmd = "python benchmarks/open_set_trained.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     md = ""
-    for name, what in (("trained", f"backbone of `anivision train {args.train_args}` on the 12 enrolled characters"),
+    for name, what in (("trained", f"backbone of `anivision train {args.train_args}` on the 12 enrolled characters"
+                                   + ("" if args.tta == "none" else f", `enroll --tta {args.tta}`")),
                        ("imagenet", "ImageNet `tf_efficientnet_lite0` (baseline)")):
         header = (f"**{what}**; {n - args.n_unknown} characters enrolled from {args.k_shot} images each, {args.n_unknown} unknown "
                   f"never trained on; folds {args.folds}, {args.trials} trials each; mean ± sd over trials.")

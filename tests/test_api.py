@@ -135,11 +135,15 @@ def test_fewshot_gallery_and_retrieval_through_the_api(tmp_path):
         assert [lab for lab, _ in ident.topk] == [row["pred_1"], row["pred_2"]]
         assert [d for _, d in ident.topk] == pytest.approx([float(row["dist_1"]), float(row["dist_2"])], rel=1e-5)
     # A plain backbone enrols too, into a temporary folder when no out is given.
-    tmp_gallery = av.enroll(TINY_CNN, chars, weights="none", k_shot=3)
+    tmp_gallery = av.enroll(TINY_CNN, chars, weights="none", k_shot=3, tta="flip")
     try:
         assert tmp_gallery.path.is_dir() and len(tmp_gallery.identify(queries[0])) == 1
+        assert tmp_gallery.meta["tta"] == "flip" and av.load(tmp_gallery.path).meta["tta"] == "flip"
     finally:
         shutil.rmtree(tmp_gallery.path)
+    with pytest.raises(AnivisionError, match="unknown test-time augmentation 'rotate'"):
+        av.enroll(TINY_CNN, chars, weights="none", k_shot=3, out=tmp_path / "bad-tta", tta="rotate")
+    assert not (tmp_path / "bad-tta").exists()  # refused before anything is written
 
     style = tmp_path / "style"
     generate("style", style, n_per_class=3, size=32, seed=0, n_works=3, roles_per_work=2, progress=False)

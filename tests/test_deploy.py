@@ -190,10 +190,18 @@ def test_engine_onnx_through_the_cli_predict_and_evaluate(cnn_run: Path, work: P
     assert m["onnx"]["nll"] == pytest.approx(m["torch"]["nll"], abs=1e-4)
 
 
-def test_gallery_identify_and_export_with_onnx(work: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_gallery_identify_and_export_with_onnx(tta: str, work: Path, tmp_path: Path) -> None:
     gallery = tmp_path / "gallery"
     assert main(["-q", "enroll", TINY_CNN, str(work / "data"), "--weights", "none", "--img-size", "32",
-                 "--cache-dir", str(work / "cache"), "--out", str(gallery)]) == 0
+                 "--cache-dir", str(work / "cache"), "--tta", tta, "--out", str(gallery)]) == 0
+    assert json.loads((gallery / "gallery.json").read_text())["tta"] == tta
+    if tta == "flip":  # an image and its mirror image embed alike, in torch and in the exported graph
+        img = Image.open(_images(work)[0]).convert("RGB")
+        for engine in ("torch", "onnx"):
+            g = av.load(gallery, engine=engine)
+            a, b = g.features([img])[0], g.features([img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])[0]
+            np.testing.assert_allclose(a, b, atol=1e-5)
     res = {}
     for engine in ("torch", "onnx"):
         out = tmp_path / f"id-{engine}.csv"

@@ -36,7 +36,7 @@ def model(source: str | Path, weights: str | None = None, img_size: int | None =
 def enroll(
     source: str | Path | FewShotModel, characters: str | Path, out: str | Path | None = None, k_shot: int | None = None,
     weights: str | None = None, seed: int = 0, distance: str | None = None, reject_rate: float = DEFAULT_REJECT_RATE, progress: bool = False,
-    index: str = "exact",
+    index: str = "exact", tta: str = "none",
 ) -> Gallery:
     """One prototype per character folder of ``characters``, as ``anivision enroll`` does.
 
@@ -48,9 +48,10 @@ def enroll(
         weights: with a backbone name: its weights.
         reject_rate: target share of genuine images called ``unknown`` (sets the threshold; default 0.10).
         index: the prototypes' search index: ``exact``, ``faiss`` or ``ivfpq`` (``Gallery.load(path, index=...)`` overrides it).
+        tta: ``flip``: embed every image (at enrolment and when identifying) as the mean of it and its mirror image.
     """
     m = source if isinstance(source, FewShotModel) else model(source, weights)
-    return m.enroll(characters, out, k_shot, seed, distance, reject_rate, progress=progress, index=index)
+    return m.enroll(characters, out, k_shot, seed, distance, reject_rate, progress=progress, index=index, tta=tta)
 
 
 def train(progress: bool = False, **options: Any) -> FewShotModel:

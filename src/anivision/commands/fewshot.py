@@ -17,6 +17,7 @@ from anivision.errors import AnivisionError
 from anivision.files import atomic_write_csv
 from anivision.models.backbone import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
 from anivision.models.transfer import DEFAULT_PARTS
+from anivision.models.tta import TTA_CHOICES
 from anivision.reports.fewshot import class_list, class_set_words
 from anivision.tasks.fewshot import (
     DEFAULT_REJECT_RATE,
@@ -147,6 +148,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(1 - RATE) quantile of the enrolment images' leave-one-out distances to their own prototype; "
                    "higher rejects more unknown characters and more known images")
     add_shared(p, "--index", "of the prototypes, saved in GALLERY/index/", default="exact")
+    p.add_argument("--tta", choices=TTA_CHOICES, default="none",
+                   help="test-time augmentation: flip embeds every image, now and in 'identify', as the mean of it and its "
+                   "mirror image (about twice the embedding time; rejected more unknown characters in RESULTS.md section 18) "
+                   "(default: none)")
     add_shared(p, "--out", "the gallery folder (prototypes.safetensors + gallery.json)", required=True, metavar="GALLERY")
     deprecated(p, "--run", "SOURCE, the first argument", position=0, fallback=DEFAULT_BACKBONE)
     deprecated(p, "--backbone", "SOURCE, the first argument", position=0, fallback=DEFAULT_BACKBONE)
@@ -276,6 +281,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     meta = enroll_gallery(
         args.characters, args.out, _enroll_spec(args), k_shot=args.k_shot, seed=args.seed, distance=args.distance,
         reject_rate=_reject_rate(args), cache_dir=args.cache_dir, device=args.device, progress=not args.quiet, index=args.index,
+        tta=args.tta,
     )
     thr = "none" if meta["threshold"] is None else f"{meta['threshold']:.4g}"
     loo = "n/a" if meta["loo_accuracy"] is None else f"{100 * meta['loo_accuracy']:.2f}%"

@@ -38,6 +38,7 @@ from anivision.files import absolute_path, atomic_write_json, read_json, read_te
 from anivision.index import VectorIndex, build_index
 from anivision.models.backbone import LITE0_WEIGHTS
 from anivision.models.protonet import PrototypicalNetwork, check_distance, episode_distances
+from anivision.models.tta import with_tta
 from anivision.tasks.fewshot.evaluate import BackboneSpec, build_backbone
 
 log = logging.getLogger(__name__)
@@ -206,6 +207,7 @@ def enroll_gallery(
     device: str | None = None,
     progress: bool = True,
     index: str = "exact",
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Enrol one prototype per character folder of ``gallery``.
 
@@ -230,6 +232,8 @@ def enroll_gallery(
         distance: default: the run's distance, else euclidean.
         reject_rate: target share of genuine images called ``unknown`` (sets the threshold).
         index: the prototypes' search index (``exact``, ``faiss``, ``ivfpq``), saved in ``out/index/``.
+        tta: ``flip`` embeds every image as the mean of its and its mirror image's unit vectors
+            (enrolment and, recorded in ``gallery.json``, every later ``identify``); ``none``.
 
     Raises:
         AnivisionError: no images, a character with no readable image or fewer than K.
@@ -240,7 +244,7 @@ def enroll_gallery(
         raise AnivisionError(f"--reject-rate must be in [0, 1), got {reject_rate}")
     images = scan_class_folders(gallery)
     model, dcfg = build_backbone(spec, device)
-    emb = embed_paths(model, images.paths, dcfg, cache_dir=cache_dir or default_cache_dir(), progress=progress)
+    emb = embed_paths(with_tta(model, tta), images.paths, dcfg, cache_dir=cache_dir or default_cache_dir(), progress=progress)
     labels = np.asarray(images.labels, dtype=np.int64)
     keep = _enrolment_images(labels, emb.valid, images.classes, k_shot, seed, gallery)
     feats, labs = l2_normalise(emb.features[keep]), labels[keep]
@@ -264,6 +268,7 @@ def enroll_gallery(
         "distance": distance,
         "normalize": True,  # absent in older galleries: raw embeddings, their threshold as recorded
         "index": index,
+        "tta": tta,  # absent in older galleries: none
         **point,
         "threshold_rule": f"{1 - reject_rate:.4g} quantile of leave-one-out distances of enrolment images to their own prototype "
                           f"(L2-normalised embeddings; target false-rejection rate {reject_rate:g})",

@@ -26,6 +26,7 @@ from anivision.errors import AnivisionError
 from anivision.files import absolute_path
 from anivision.index import VectorIndex, read_meta, top_k_smallest
 from anivision.models.protonet import PrototypicalNetwork
+from anivision.models.tta import with_tta
 from anivision.tasks.fewshot.evaluate import BackboneSpec, backbone_spec, build_backbone
 from anivision.tasks.fewshot.gallery import DEFAULT_REJECT_RATE, enroll_gallery, gallery_weights, l2_normalise, load_gallery, prototype_index
 
@@ -92,7 +93,7 @@ class FewShotModel:
     def enroll(
         self, characters: str | Path, out: str | Path | None = None, k_shot: int | None = None, seed: int = 0,
         distance: str | None = None, reject_rate: float = DEFAULT_REJECT_RATE, cache_dir: str | None = None, progress: bool = False,
-        index: str = "exact",
+        index: str = "exact", tta: str = "none",
     ) -> "Gallery":
         """One prototype per character folder of ``characters`` (``anivision enroll``).
 
@@ -105,9 +106,10 @@ class FewShotModel:
             reject_rate: target share of genuine images called ``unknown``: sets the threshold on the
                 enrolment images' leave-one-out distances (``gallery.meta`` records the operating point).
             index: the prototypes' search index: ``exact``, ``faiss`` or ``ivfpq`` (saved in ``out/index/``).
+            tta: ``flip``: embed every image (here and in ``identify``) as the mean of it and its mirror image.
         """
         out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="anivision-gallery-"))
-        enroll_gallery(str(characters), out, self.spec, k_shot, seed, distance, reject_rate, cache_dir, self.device, progress, index)
+        enroll_gallery(str(characters), out, self.spec, k_shot, seed, distance, reject_rate, cache_dir, self.device, progress, index, tta)
         return Gallery.load(out, self.device, self.runner.engine)
 
 
@@ -161,6 +163,8 @@ class Gallery:
         model, dcfg = build_backbone(spec, device)
         if model_fingerprint(model) != meta.get("model_fingerprint"):
             raise AnivisionError(f"{path}: the backbone weights {weights} changed since enrolment; re-run 'anivision enroll'")
+        # A flip gallery embeds queries as it embedded its characters (the mirror is in the ONNX graph too).
+        model = with_tta(model, str(meta.get("tta", "none")))
         return cls(path, meta, protos, model, dcfg, engine, _gallery_index(Path(path), meta, protos, index))
 
     def __repr__(self) -> str:
@@ -169,7 +173,8 @@ class Gallery:
     def export_spec(self) -> ExportSpec:
         """The backbone's embeddings, with the prototypes, classes, distance and threshold in the sidecar."""
         record = {"prototypes": self.net.prototypes.tolist(), "distance": self.distance, "threshold": self.threshold, "normalize": self.normalize}
-        return ExportSpec(self.model, "gallery", self.data_config, ["embeddings"], str(self.meta.get("model_fingerprint") or model_fingerprint(self.model)),
+        key = str(self.meta.get("model_fingerprint") or model_fingerprint(self.model)) + ("" if self.meta.get("tta", "none") == "none" else f"+{self.meta['tta']}")
+        return ExportSpec(self.model, "gallery", self.data_config, ["embeddings"], key,
                           absolute_path(self.path), self.classes, {"gallery": record}, name="gallery")
 
     def features(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 64, progress: bool = False) -> tuple[np.ndarray, InputFeatures]:
