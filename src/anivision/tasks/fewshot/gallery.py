@@ -196,18 +196,9 @@ def gallery_weights(gallery: str | Path, meta: dict[str, Any]) -> str:
 
 
 def enroll_gallery(
-    gallery: str,
-    out: str | Path,
-    spec: BackboneSpec,
-    k_shot: int | None = None,
-    seed: int = 0,
-    distance: str | None = None,
-    reject_rate: float = DEFAULT_REJECT_RATE,
-    cache_dir: str | None = None,
-    device: str | None = None,
-    progress: bool = True,
-    index: str = "exact",
-    tta: str = "none",
+    gallery: str, out: str | Path, spec: BackboneSpec, k_shot: int | None = None, seed: int = 0, distance: str | None = None,
+    reject_rate: float = DEFAULT_REJECT_RATE, cache_dir: str | None = None, device: str | None = None, progress: bool = True,
+    index: str = "exact", tta: str = "none",
 ) -> dict[str, Any]:
     """Enrol one prototype per character folder of ``gallery``.
 
@@ -220,8 +211,8 @@ def enroll_gallery(
     ``gallery.json`` records the rule and the operating point: the leave-one-out accuracy and
     false rejection, and the estimated share of unknown characters rejected.
 
-    Writes ``out/prototypes.safetensors`` (``prototypes`` (C, D) float32), ``out/gallery.json``
-    and, for weights from a file, ``out/backbone.safetensors`` (see the module docstring).
+    Writes ``out/prototypes.safetensors`` ((C, D) float32), ``out/gallery.json`` and, for weights
+    from a file, ``out/backbone.safetensors`` (see the module docstring).
 
     Args:
         gallery: class-per-folder images, one folder per character.
@@ -232,8 +223,7 @@ def enroll_gallery(
         distance: default: the run's distance, else euclidean.
         reject_rate: target share of genuine images called ``unknown`` (sets the threshold).
         index: the prototypes' search index (``exact``, ``faiss``, ``ivfpq``), saved in ``out/index/``.
-        tta: ``flip`` embeds every image as the mean of its and its mirror image's unit vectors
-            (enrolment and, recorded in ``gallery.json``, every later ``identify``); ``none``.
+        tta: ``flip``: every image (here and in ``identify``) is the mean of it and its mirror image.
 
     Raises:
         AnivisionError: no images, a character with no readable image or fewer than K.
