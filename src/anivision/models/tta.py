@@ -32,8 +32,13 @@ class FlipAverage(nn.Module):
         return (nn.functional.normalize(a, dim=1) + nn.functional.normalize(b, dim=1)) / 2
 
 
-def with_tta(backbone: nn.Module, tta: str) -> nn.Module:
-    """``backbone`` itself for ``none``, wrapped in :class:`FlipAverage` for ``flip``."""
+def check_tta(tta: str) -> None:
+    """Raise AnivisionError for a test-time augmentation other than those of :data:`TTA_CHOICES`."""
     if tta not in TTA_CHOICES:
         raise AnivisionError(f"unknown test-time augmentation '{tta}' (choose from {', '.join(TTA_CHOICES)})")
+
+
+def with_tta(backbone: nn.Module, tta: str) -> nn.Module:
+    """``backbone`` itself for ``none``, wrapped in :class:`FlipAverage` for ``flip``."""
+    check_tta(tta)
     return FlipAverage(backbone) if tta == "flip" else backbone

@@ -301,7 +301,7 @@ def recipe_values(recipe: str, strategy: str) -> dict[str, Any]:
         v: dict[str, Any] = {}
         if recipe == "openset":
             aug = dataclasses.replace(TrainConfig.default_aug(), grayscale=0.3)
-            v.update(head="cosine", margin=0.25, label_smoothing=0.0, aug=aug)
+            v.update(head="cosine", label_smoothing=0.0, aug=aug)
         if strategy == "linear_probe":
             v.update(lr_head=3e-3, epochs=20, warmup_epochs=0.0, label_smoothing=0.0)
         return v

@@ -38,7 +38,7 @@ from anivision.files import absolute_path, atomic_write_json, read_json, read_te
 from anivision.index import VectorIndex, build_index
 from anivision.models.backbone import LITE0_WEIGHTS
 from anivision.models.protonet import PrototypicalNetwork, check_distance, episode_distances
-from anivision.models.tta import with_tta
+from anivision.models.tta import check_tta, with_tta
 from anivision.tasks.fewshot.evaluate import BackboneSpec, build_backbone
 
 log = logging.getLogger(__name__)
@@ -230,6 +230,7 @@ def enroll_gallery(
     """
     distance = distance or spec.distance
     check_distance(distance)
+    check_tta(tta)  # before any image is read or the backbone built
     if not 0 <= reject_rate < 1:
         raise AnivisionError(f"--reject-rate must be in [0, 1), got {reject_rate}")
     images = scan_class_folders(gallery)
