@@ -100,6 +100,14 @@ PRESETS["e20b16"] = {**TODAY, "epochs": 20, "batch_size": 16, "patience": 8}
 PRESETS["lrbb2e3"] = {**TODAY, "lr_backbone": 2e-3}
 PRESETS["s224"] = {**TODAY, "img_size": 224}
 
+# Session 9: "today" started from a backbone fine-tuned on the synthetic emotion generator
+# (``--pretrained FILE``: that run's model.safetensors; its head is dropped).
+PRESETS["synpre"] = {**TODAY, "weights": None}
+# The same configs with other training seeds: members of an ensemble (``--ensemble``).
+for _k in range(1, 5):
+    PRESETS[f"today_s{_k}"] = {**TODAY, "seed": 42 + _k}
+    PRESETS[f"synpre_s{_k}"] = {**PRESETS["synpre"], "seed": 42 + _k}
+
 
 def make_folds(labels: list[int], n_folds: int, seed: int) -> np.ndarray:
     """(N,) fold index: each class shuffled and dealt round-robin (offset per class for balance)."""
@@ -115,15 +123,16 @@ def make_folds(labels: list[int], n_folds: int, seed: int) -> np.ndarray:
     return fold
 
 
-def write_fold_manifests(data: str, work: Path, n_folds: int, seed: int) -> list[Path]:
-    """One ``path,label,split`` manifest per fold (test = the fold; val = 15% of the whole set)."""
+def write_fold_manifests(data: str, work: Path, n_folds: int, seed: int, val: float = 0.15) -> list[Path]:
+    """One ``path,label,split`` manifest per fold (test = the fold; val = ``val`` of the whole set,
+    none when 0: training then keeps its last epoch)."""
     images = load_labeled(data)
     fold = make_folds(images.labels, n_folds, seed)
     out = []
     (work / "folds").mkdir(parents=True, exist_ok=True)
     for k in range(n_folds):
         rest = np.flatnonzero(fold != k)
-        val_share = 0.15 / (1 - 1 / n_folds)
+        val_share = val / (1 - 1 / n_folds)
         parts = stratified_split([images.labels[i] for i in rest], images.classes, (1 - val_share, val_share, 0.0), seed + k)
         split = ["test"] * len(images)
         for i, p in zip(rest, parts):
@@ -152,21 +161,51 @@ def config_options(name: str, work: Path) -> tuple[dict[str, Any], list[str]]:
 
 
 @torch.inference_mode()
-def flip_tta_accuracy(run_dir: Path) -> float | None:
+def flip_tta_accuracy(run_dir: Path, cache_dir: str | None = None) -> float | None:
     """Test accuracy of the run's best model with flip TTA (mean softmax of image and mirror)."""
-    model, cfg, classes, dcfg = load_run(run_dir, device="cpu")
+    model, _, _, dcfg = load_run(run_dir, device="cpu")
+    x, y, paths = test_images(run_dir, dcfg, cache_dir)
+    if not paths:
+        return None
+    p = softmax_np(model(x).numpy().astype(np.float64)) + softmax_np(model(torch.flip(x, dims=[3])).numpy().astype(np.float64))
+    return float((p.argmax(1) == y).mean())
+
+
+def test_images(run_dir: Path, dcfg: Any, cache_dir: str | None) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """The run's test images (eval transform, one batch) and their labels."""
+    classes = json.loads((run_dir / "classes.json").read_text())
     rows = list(csv.DictReader(open(run_dir / "split.csv", encoding="utf-8")))
     root = rows[0].get("root", "") if rows else ""
     test = [r for r in rows if r["split"] == "test"]
-    if not test:
-        return None
     paths = [os.path.join(root, r["path"]) for r in test]
-    y = np.asarray([classes.index(r["label"]) for r in test])
-    decoded = decode_images(paths, cache_size(dcfg), cache_dir=cfg.cache_dir or default_cache_dir(), progress=False)
+    if not paths:
+        return torch.empty(0), np.zeros(0, dtype=np.int64), []
+    decoded = decode_images(paths, cache_size(dcfg), cache_dir=cache_dir or default_cache_dir(), progress=False)
     ds = CachedImageDataset(decoded, np.arange(len(paths)), None, eval_transform(dcfg))
-    x = torch.stack([ds[i][0] for i in range(len(ds))])
-    p = softmax_np(model(x).numpy().astype(np.float64)) + softmax_np(model(torch.flip(x, dims=[3])).numpy().astype(np.float64))
-    return float((p.argmax(1) == y).mean())
+    return torch.stack([ds[i][0] for i in range(len(ds))]), np.asarray([classes.index(r["label"]) for r in test]), paths
+
+
+@torch.inference_mode()
+def ensemble_cell(members: list[str], fold: int, work: Path, cache_dir: str | None) -> dict[str, Any]:
+    """Score an ensemble of finished runs on their (shared) test fold, two ways: the mean of their
+    softmax outputs (from each run's ``test_logits.npy``), and one model whose weights are the mean
+    of theirs (a "uniform soup": the members start from the same weights, so they stay close)."""
+    runs = [work / "runs" / m / f"fold{fold}" for m in members]
+    labels = [np.load(r / "test_labels.npy") for r in runs]
+    if any(not np.array_equal(labels[0], y) for y in labels[1:]):
+        raise SystemExit(f"fold {fold}: the members' test parts differ")
+    y = labels[0]
+    probs = sum(softmax_np(np.load(r / "test_logits.npy").astype(np.float64)) for r in runs)
+    model, _, _, dcfg = load_run(runs[0], device="cpu")
+    states = [load_run(r, device="cpu")[0].state_dict() for r in runs]
+    soup = {k: (sum(s[k].double() for s in states) / len(states)).to(v.dtype) if v.is_floating_point() else v
+            for k, v in states[0].items()}
+    model.load_state_dict(soup)
+    x, y_soup, _ = test_images(runs[0], dcfg, cache_dir)
+    soup_pred = model(x).argmax(1).numpy()
+    return {"config": "+".join(members), "fold": fold, "accuracy": float((probs.argmax(1) == y).mean()),
+            "soup_accuracy": float((soup_pred == y_soup).mean()),
+            "member_accuracy": [float((np.load(r / "test_logits.npy").argmax(1) == y).mean()) for r in runs]}
 
 
 def run_cell(name: str, fold: int, manifest: Path, work: Path, cache_dir: str | None) -> dict[str, Any]:
@@ -179,7 +218,7 @@ def run_cell(name: str, fold: int, manifest: Path, work: Path, cache_dir: str | 
     row = {"config": name, "fold": fold, "accuracy": m["accuracy"], "f1_macro": m["f1_macro"],
            "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"], "wall_seconds": time.perf_counter() - t0,
            "strategy": cfg.strategy, "img_size": cfg.img_size, "epochs": cfg.epochs}
-    row["tta_accuracy"] = flip_tta_accuracy(out) if cfg.strategy != "linear_probe" else None
+    row["tta_accuracy"] = flip_tta_accuracy(out, cache_dir) if cfg.strategy != "linear_probe" else None
     print(f"  {name} fold {fold}: acc {m['accuracy']:.3f} tta {row['tta_accuracy']} ({row['wall_seconds']:.0f}s)", flush=True)
     return row
 
@@ -210,16 +249,36 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/emotions-cv", help="folds, configs and run folders (a rerun reuses finished runs)")
     ap.add_argument("--cache-dir", help="anivision cache (default: the user cache)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--val", type=float, default=0.15, help="validation share of the whole set (0: train on all but the test fold)")
+    ap.add_argument("--ensemble", help="instead of training: score the ensemble of these finished configs "
+                    "(comma-separated) per fold, as mean softmax and as a weight average")
+    ap.add_argument("--pretrained", help="starting weights of the synpre config (a run's model.safetensors)")
     ap.add_argument("--out", help="Markdown table to write (rows as .jsonl beside it)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    manifests = write_fold_manifests(args.data, work, args.folds, args.seed)
+    manifests = write_fold_manifests(args.data, work, args.folds, args.seed, args.val)
     configs = [c for c in args.configs.split(",") if c]
+    for name in configs:
+        if "weights" in PRESETS[name] and PRESETS[name]["weights"] is None:
+            if not args.pretrained:
+                raise SystemExit(f"the {name} config needs --pretrained FILE")
+            PRESETS[name]["weights"] = os.path.abspath(args.pretrained)
     unknown = [c for c in configs if c not in PRESETS]
     if unknown:
         raise SystemExit(f"unknown config(s) {unknown}; choose from {', '.join(PRESETS)}")
     folds = [int(k) for k in args.only_folds.split(",")] if args.only_folds else list(range(args.folds))
+    if args.ensemble:
+        members = args.ensemble.split(",")
+        rows = [ensemble_cell(members, k, work, args.cache_dir) for k in folds]
+        for key in ("accuracy", "soup_accuracy"):
+            m, h = mean_ci95([r[key] for r in rows])
+            print(f"{key}: {100 * m:.1f} ± {100 * h:.1f} per fold " + " ".join(f"{100 * r[key]:.1f}" for r in rows))
+        singles = np.mean([r["member_accuracy"] for r in rows], axis=0)
+        print("members (mean over folds): " + ", ".join(f"{m} {100 * a:.1f}" for m, a in zip(members, singles)))
+        if args.out:
+            Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return
     rows = [run_cell(name, k, manifests[k], work, args.cache_dir) for name in configs for k in folds]
     table = summarise(rows, configs)
     print(table)
