@@ -6,8 +6,8 @@ every config is trained five times, once per fold, and scored on that fold's hel
 
 Folds: each class is shuffled (``--seed``) and dealt round-robin into 5 folds, so every fold
 holds ~1/5 of every class. For fold k the test part is fold k; the other four folds are split
-train/val (stratified, val = 15% of the whole set, as the default ``--ratios 70/15/15`` gives),
-and the three parts are written to a manifest ``folds/foldK.csv`` (``path,label,split``).
+train/val (stratified, val = 15% of the whole set, as the default ``--ratios 70/15/15`` gives;
+``--val 0``: no val part, the runs keep their last epoch), and the three parts are written to a manifest ``folds/foldK.csv`` (``path,label,split``).
 Each cell is a real ``anivision train --data folds/foldK.csv --out runs/CONFIG/foldK
 [flags]``, run through the library (the same function the CLI calls); the command is printed.
 
@@ -22,9 +22,18 @@ Configs (``--configs``, comma-separated):
   others   named YAML presets in :data:`PRESETS` (candidates; RESULTS.md says which were run
            on how many folds)
 
-Usage (the study in RESULTS.md section 12):
+``synpre*`` configs start from ``--pretrained FILE`` (a run's ``model.safetensors``, e.g. one
+fine-tuned on ``anivision synth --task emotion``). ``--ensemble A,B,C`` trains nothing: it scores
+finished runs of those configs together, fold by fold (mean softmax, and one model with their
+mean weights).
+
+Usage (the study in RESULTS.md section 13):
   OMP_NUM_THREADS=1 python benchmarks/emotions_cv.py --data ../shared/data/emotions-manga \
       --configs probe,today,manga15 --threads 1 --work /tmp/emocv --out benchmarks/results/emotions_cv.md
+  OMP_NUM_THREADS=1 python benchmarks/emotions_cv.py --data ../shared/data/emotions-manga --val 0 \
+      --configs synpre,synpre_s1,synpre_s2 --pretrained /tmp/emo/synpre/model.safetensors --work /tmp/emocv9-noval
+  python benchmarks/emotions_cv.py --data ../shared/data/emotions-manga --val 0 --work /tmp/emocv9-noval \
+      --ensemble synpre,synpre_s1,synpre_s2
 """
 
 from __future__ import annotations
