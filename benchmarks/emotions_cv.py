@@ -7,7 +7,8 @@ every config is trained five times, once per fold, and scored on that fold's hel
 Folds: each class is shuffled (``--seed``) and dealt round-robin into 5 folds, so every fold
 holds ~1/5 of every class. For fold k the test part is fold k; the other four folds are split
 train/val (stratified, val = 15% of the whole set, as the default ``--ratios 70/15/15`` gives;
-``--val 0``: no val part, the runs keep their last epoch), and the three parts are written to a manifest ``folds/foldK.csv`` (``path,label,split``).
+``--val 0``: no val part, the runs keep their last epoch), and the three parts are written to a
+manifest ``folds/foldK.csv`` (``path,label,split``).
 Each cell is a real ``anivision train --data folds/foldK.csv --out runs/CONFIG/foldK
 [flags]``, run through the library (the same function the CLI calls); the command is printed.
 
