@@ -224,3 +224,37 @@ def test_predict_reject_rate_calls_low_top_logit_images_unknown(tmp_path: Path, 
     assert [p.label for p in api] == [r["pred_1"] for r in rows]
     assert main(["-q", "predict", str(run), str(queries[0]), "--reject-rate", "1.5"]) == 2
     assert "--reject-rate must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_reject_rate_keeps_the_validation_top_logits_until_the_weights_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pass over the validation images runs once; later calls (any rate, a new process) read
+    # RUN/unknown_calibration.json; new weights or a damaged file compute it again.
+    import torch
+    from conftest import make_class_folders
+
+    import anivision as av
+    from anivision.tasks.classify import predictor
+
+    data = make_class_folders(tmp_path / "data", n_classes=3, n_per_class=12, size=32)
+    run = tmp_path / "clf"
+    assert main(["-q", "train", "--data", str(data), "--out", str(run), "--backbone", *TINY[:3], "--img-size", "32", "--epochs", "1",
+                 "--batch-size", "8", "--cache-dir", str(tmp_path / "cache")]) == 0
+    passes = []
+    real = predictor.ImageClassifier.outputs
+
+    def counting(self, images, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        passes.append(len(images))
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(predictor.ImageClassifier, "outputs", counting)
+    first = av.load(run).unknown_threshold(0.3)
+    assert len(passes) == 1 and (run / predictor.CALIBRATION_FILE).is_file()
+    again = av.load(run)
+    assert again.unknown_threshold(0.3) == first and again.unknown_threshold(0.1)["threshold"] <= first["threshold"]
+    assert len(passes) == 1
+    with torch.no_grad():
+        again.model.head[-1].weight.mul_(2.0)
+    doubled = again.unknown_threshold(0.3)
+    assert len(passes) == 2 and doubled["threshold"] != pytest.approx(first["threshold"])
+    (run / predictor.CALIBRATION_FILE).write_text("{not json")
+    assert av.load(run).unknown_threshold(0.3) == first and len(passes) == 3

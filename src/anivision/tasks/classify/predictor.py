@@ -8,6 +8,7 @@ comes in (a path, a PIL image or a numpy array).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +23,14 @@ from anivision.embeddings import InputFeatures, embed_inputs, model_fingerprint
 from anivision.engine.loop import softmax_np
 from anivision.errors import AnivisionError
 from anivision.explain import Explanation, explain_images
-from anivision.files import absolute_path
+from anivision.files import absolute_path, atomic_write_json, read_json
 from anivision.models.classifier import Classifier
 from anivision.tasks.classify.config import TrainConfig
 from anivision.tasks.classify.data import split_paths
 from anivision.tasks.classify.model import load_run
 
+#: Where :meth:`ImageClassifier.unknown_threshold` keeps the validation images' top logits.
+CALIBRATION_FILE = "unknown_calibration.json"
 
 
 @dataclass
@@ -155,12 +158,30 @@ class ImageClassifier:
         paths = split_paths(self.run_dir, self.config, "val", data_root)
         if not paths:
             raise AnivisionError(f"{self.run_dir}: no validation images to calibrate the 'unknown' threshold on")
+        top = self._validation_top_logits(paths, batch_size, progress)
+        return {"threshold": float(np.quantile(top, reject_rate)), "reject_rate": reject_rate,
+                "calibration_images": int(len(top)), "score": "max_logit"}
+
+    def _validation_top_logits(self, paths: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        """The top logit of each readable validation image, kept in ``RUN/unknown_calibration.json``
+        under a key of the weights and the image paths, so later calls skip the pass over them."""
+        cache = self.run_dir / CALIBRATION_FILE
+        key = hashlib.sha1(json.dumps([model_fingerprint(self.model), paths]).encode()).hexdigest()[:16]
+        try:
+            saved = read_json(cache, expect=dict) if cache.is_file() else {}
+        except AnivisionError:
+            saved = {}  # a damaged cache is recomputed and replaced
+        if saved.get("key") == key and isinstance(saved.get("top_logits"), list):
+            return np.asarray(saved["top_logits"], dtype=np.float64)
         out = self.outputs(paths, "logits", batch_size, progress)
         if not len(out.values):
             raise AnivisionError(f"{self.run_dir}: none of its {len(paths)} validation images is readable")
-        top = out.values.max(1)
-        return {"threshold": float(np.quantile(top, reject_rate)), "reject_rate": reject_rate,
-                "calibration_images": int(len(top)), "score": "max_logit"}
+        top = out.values.max(1).astype(np.float64)
+        try:
+            atomic_write_json(cache, {"key": key, "score": "max_logit", "top_logits": top.tolist()})
+        except OSError:
+            pass  # a read-only run folder: the next call computes them again
+        return top
 
     def embed(self, images: ImageInput | Iterable[ImageInput], batch_size: int = 64, skip_unreadable: bool = False, progress: bool = False) -> np.ndarray:
         """(N, D) float32 backbone features (before the head), one row per readable input."""
