@@ -5,6 +5,7 @@ galleries (no ``normalize`` key) still identifying as before."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -228,12 +229,12 @@ def test_predict_reject_rate_calls_low_top_logit_images_unknown(tmp_path: Path, 
 
 def test_reject_rate_keeps_the_validation_top_logits_until_the_weights_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The pass over the validation images runs once; later calls (any rate, a new process) read
-    # RUN/unknown_calibration.json; new weights or a damaged file compute it again.
-    import torch
+    # RUN/unknown_calibration.json; new weights, a damaged file or a rewritten image compute it again.
     from conftest import make_class_folders
 
     import anivision as av
     from anivision.tasks.classify import predictor
+    from anivision.tasks.classify.data import split_paths
 
     data = make_class_folders(tmp_path / "data", n_classes=3, n_per_class=12, size=32)
     run = tmp_path / "clf"
@@ -258,3 +259,7 @@ def test_reject_rate_keeps_the_validation_top_logits_until_the_weights_change(tm
     assert len(passes) == 2 and doubled["threshold"] != pytest.approx(first["threshold"])
     (run / predictor.CALIBRATION_FILE).write_text("{not json")
     assert av.load(run).unknown_threshold(0.3) == first and len(passes) == 3
+    # A validation image rewritten in place (same path) is a new calibration set.
+    val = split_paths(run, again.config, "val")
+    os.utime(val[0], ns=(0, Path(val[0]).stat().st_mtime_ns + 10**9))
+    assert av.load(run).unknown_threshold(0.3) == first and len(passes) == 4

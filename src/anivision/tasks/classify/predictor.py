@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from anivision.data.cache import files_fingerprint
 from anivision.data.inputs import ImageInput
 from anivision.data.transforms import DataConfig
 from anivision.deploy import ClassifierOutputs, EngineRunner, ExportSpec
@@ -164,9 +165,10 @@ class ImageClassifier:
 
     def _validation_top_logits(self, paths: list[str], batch_size: int, progress: bool) -> np.ndarray:
         """The top logit of each readable validation image, kept in ``RUN/unknown_calibration.json``
-        under a key of the weights and the image paths, so later calls skip the pass over them."""
+        under a key of the weights and the image files (paths, sizes, modification times, as the
+        feature cache), so later calls skip the pass over them."""
         cache = self.run_dir / CALIBRATION_FILE
-        key = hashlib.sha1(json.dumps([model_fingerprint(self.model), paths]).encode()).hexdigest()[:16]
+        key = hashlib.sha1(json.dumps([model_fingerprint(self.model), files_fingerprint(paths)]).encode()).hexdigest()[:16]
         try:
             saved = read_json(cache, expect=dict) if cache.is_file() else {}
         except AnivisionError:
