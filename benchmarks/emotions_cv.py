@@ -54,11 +54,12 @@ import yaml
 from anivision.data.cache import decode_images, default_cache_dir
 from anivision.data.datasets import CachedImageDataset
 from anivision.data.folder import load_labeled
-from anivision.data.splits import stratified_split
+from anivision.data.splits import split_indices, stratified_split
 from anivision.data.transforms import cache_size, eval_transform
 from anivision.engine.loop import softmax_np
 from anivision.metrics.stats import mean_ci95
 from anivision.tasks.classify import resolve_train_config, train_classifier, train_option_defaults
+from anivision.tasks.classify.data import run_split
 from anivision.tasks.classify.model import load_run
 
 #: The defaults as of issue 15, pinned (TrainConfig keys).
@@ -173,26 +174,25 @@ def config_options(name: str, work: Path) -> tuple[dict[str, Any], list[str]]:
 @torch.inference_mode()
 def flip_tta_accuracy(run_dir: Path, cache_dir: str | None = None) -> float | None:
     """Test accuracy of the run's best model with flip TTA (mean softmax of image and mirror)."""
-    model, _, _, dcfg = load_run(run_dir, device="cpu")
-    x, y, paths = test_images(run_dir, dcfg, cache_dir)
-    if not paths:
+    model, cfg, classes, dcfg = load_run(run_dir, device="cpu")
+    x, y = test_images(run_dir, cfg, classes, dcfg, cache_dir)
+    if not len(y):
         return None
     p = softmax_np(model(x).numpy().astype(np.float64)) + softmax_np(model(torch.flip(x, dims=[3])).numpy().astype(np.float64))
     return float((p.argmax(1) == y).mean())
 
 
-def test_images(run_dir: Path, dcfg: Any, cache_dir: str | None) -> tuple[torch.Tensor, np.ndarray, list[str]]:
-    """The run's test images (eval transform, one batch) and their labels."""
-    classes = json.loads((run_dir / "classes.json").read_text())
-    rows = list(csv.DictReader(open(run_dir / "split.csv", encoding="utf-8")))
-    root = rows[0].get("root", "") if rows else ""
-    test = [r for r in rows if r["split"] == "test"]
-    paths = [os.path.join(root, r["path"]) for r in test]
-    if not paths:
-        return torch.empty(0), np.zeros(0, dtype=np.int64), []
+def test_images(run_dir: Path, cfg: Any, classes: list[str], dcfg: Any, cache_dir: str | None) -> tuple[torch.Tensor, np.ndarray]:
+    """The run's test images (eval transform, one batch) and their labels (indices into ``classes``)."""
+    split = run_split(run_dir, cfg, None)
+    test = split_indices(split.splits or []).get("test", [])
+    if not test:
+        return torch.empty(0), np.zeros(0, dtype=np.int64)
+    paths = [split.paths[i] for i in test]
     decoded = decode_images(paths, cache_size(dcfg), cache_dir=cache_dir or default_cache_dir(), progress=False)
     ds = CachedImageDataset(decoded, np.arange(len(paths)), None, eval_transform(dcfg))
-    return torch.stack([ds[i][0] for i in range(len(ds))]), np.asarray([classes.index(r["label"]) for r in test]), paths
+    y = [classes.index(split.classes[split.labels[i]]) for i in test]
+    return torch.stack([ds[i][0] for i in range(len(ds))]), np.asarray(y)
 
 
 @torch.inference_mode()
@@ -205,17 +205,19 @@ def ensemble_cell(members: list[str], fold: int, work: Path, cache_dir: str | No
     if any(not np.array_equal(labels[0], y) for y in labels[1:]):
         raise SystemExit(f"fold {fold}: the members' test parts differ")
     y = labels[0]
-    probs = sum(softmax_np(np.load(r / "test_logits.npy").astype(np.float64)) for r in runs)
-    model, _, _, dcfg = load_run(runs[0], device="cpu")
-    states = [load_run(r, device="cpu")[0].state_dict() for r in runs]
+    logits = [np.load(r / "test_logits.npy").astype(np.float64) for r in runs]
+    probs = sum(softmax_np(z) for z in logits)
+    loaded = [load_run(r, device="cpu") for r in runs]
+    model, cfg, classes, dcfg = loaded[0]
+    states = [m.state_dict() for m, *_ in loaded]
     soup = {k: (sum(s[k].double() for s in states) / len(states)).to(v.dtype) if v.is_floating_point() else v
             for k, v in states[0].items()}
     model.load_state_dict(soup)
-    x, y_soup, _ = test_images(runs[0], dcfg, cache_dir)
+    x, y_soup = test_images(runs[0], cfg, classes, dcfg, cache_dir)
     soup_pred = model(x).argmax(1).numpy()
     return {"config": "+".join(members), "fold": fold, "accuracy": float((probs.argmax(1) == y).mean()),
             "soup_accuracy": float((soup_pred == y_soup).mean()),
-            "member_accuracy": [float((np.load(r / "test_logits.npy").argmax(1) == y).mean()) for r in runs]}
+            "member_accuracy": [float((z.argmax(1) == y).mean()) for z in logits]}
 
 
 def run_cell(name: str, fold: int, manifest: Path, work: Path, cache_dir: str | None) -> dict[str, Any]:
